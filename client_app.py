@@ -1,0 +1,97 @@
+"""fl-stream ClientApp: trains and evaluates the global ResNet on this node's data partition."""
+
+from __future__ import annotations
+
+import os
+import time
+
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+from torch.utils.data import DataLoader, TensorDataset
+
+from fl_stream.config import RunConfig
+from fl_stream.data import client_datasets
+from fl_stream.model import build_model
+from fl_stream.task import evaluate as evaluate_model
+from fl_stream.task import pick_device, train_epoch
+
+app = ClientApp()
+
+
+@app.train()
+def train(msg: Message, context: Context) -> Message:
+    """Train the received model on the local partition for ``local-epochs`` epochs."""
+    config = RunConfig.from_run_config(context.run_config)
+    model = _received_model(msg, config)
+    train_set, _ = _local_data(context, config)
+    generator = torch.Generator().manual_seed(config.seed + int(msg.content["config"]["server-round"]))
+    loader = DataLoader(train_set, batch_size=config.batch_size, shuffle=True, generator=generator)
+    optimizer = torch.optim.SGD(model.parameters(), lr=config.learning_rate, momentum=0.9)
+
+    started = time.perf_counter()
+    for _ in range(config.local_epochs):
+        metrics = train_epoch(model, loader, optimizer, pick_device())
+    train_time = time.perf_counter() - started
+
+    # The last epoch's metrics describe the model this client sends back.
+    metrics.update({"num-examples": len(train_set), "train-time": train_time})
+    return _reply(msg, context, metrics, ArrayRecord(model.state_dict()))
+
+
+@app.evaluate()
+def evaluate(msg: Message, context: Context) -> Message:
+    """Evaluate the received model on the local partition's held-out part."""
+    config = RunConfig.from_run_config(context.run_config)
+    model = _received_model(msg, config)
+    _, eval_set = _local_data(context, config)
+    loader = DataLoader(eval_set, batch_size=max(config.batch_size, 128))
+    metrics = evaluate_model(model, loader, pick_device())
+    metrics["num-examples"] = len(eval_set)
+    return _reply(msg, context, metrics)
+
+
+def _received_model(msg: Message, config: RunConfig) -> torch.nn.Module:
+    _limit_threads()
+    model = build_model(config.model)
+    model.load_state_dict(msg.content["arrays"].to_torch_state_dict())
+    return model
+
+
+def _limit_threads() -> None:
+    """Use only the CPUs this client was given, so parallel clients do not oversubscribe.
+
+    Ray sets ``OMP_NUM_THREADS`` in each simulation worker to the ``num_cpus`` the client
+    was granted; a SuperNode outside Ray leaves it unset and torch keeps its default.
+    """
+    threads = os.environ.get("OMP_NUM_THREADS", "")
+    if threads.isdigit() and int(threads) > 0 and torch.get_num_threads() != int(threads):
+        torch.set_num_threads(int(threads))
+
+
+def _local_data(context: Context, config: RunConfig) -> tuple[TensorDataset, TensorDataset]:
+    return client_datasets(
+        int(context.node_config["partition-id"]),
+        int(context.node_config["num-partitions"]),
+        data_path=config.data_path,
+        image_size=config.image_size,
+        seed=config.seed,
+        partitioning=config.partitioning,
+        alpha=config.dirichlet_alpha,
+        max_examples=config.samples_per_client,
+    )
+
+
+def _reply(
+    msg: Message, context: Context, metrics: dict[str, float], arrays: ArrayRecord | None = None
+) -> Message:
+    # The partition id rides in its own ConfigRecord so FedAvg does not average it as a metric.
+    content = RecordDict(
+        {
+            "metrics": MetricRecord(metrics),
+            "client": ConfigRecord({"partition-id": int(context.node_config["partition-id"])}),
+        }
+    )
+    if arrays is not None:
+        content["arrays"] = arrays
+    return Message(content=content, reply_to=msg)

@@ -1,0 +1,70 @@
+"""fl-stream ServerApp: federated training of the pneumonia ResNet, streamed to the relay."""
+
+from __future__ import annotations
+
+from logging import INFO
+
+import torch
+from flwr.app import ArrayRecord, Context, MetricRecord
+from flwr.common.logger import log
+from flwr.serverapp import Grid, ServerApp
+from torch.utils.data import DataLoader
+
+from fl_stream.config import RunConfig
+from fl_stream.data import load_splits
+from fl_stream.model import build_model
+from fl_stream.sender import MetricsWebSocketSender
+from fl_stream.strategy import EvaluateFn, StreamingFedAvg
+from fl_stream.task import evaluate, pick_device
+
+app = ServerApp()
+
+
+@app.main()
+def main(grid: Grid, context: Context) -> None:
+    """Validate the run config, then run StreamingFedAvg with a sender to the relay."""
+    config = RunConfig.from_run_config(context.run_config)  # fails before any training
+    run_id = str(context.run_id)
+    evaluate_fn = centralized_evaluation(config) if config.centralized_eval else None
+
+    torch.manual_seed(config.seed)
+    initial_arrays = ArrayRecord(build_model(config.model).state_dict())
+    log_path = config.log_path(run_id)
+    log(INFO, "Streaming run %s to %s (log: %s)", run_id, config.relay_url, log_path)
+
+    with MetricsWebSocketSender(
+        config.relay_url, run_id=run_id, token=config.relay_token or None, log_path=log_path
+    ) as sender:
+        strategy = StreamingFedAvg(
+            sender,
+            run_id=run_id,
+            best_metric=config.best_metric,
+            fraction_train=config.fraction_train,
+            fraction_evaluate=config.fraction_evaluate,
+            min_train_nodes=config.min_nodes,
+            min_evaluate_nodes=config.min_nodes,
+            min_available_nodes=config.min_nodes,
+        )
+        strategy.start(
+            grid=grid,
+            initial_arrays=initial_arrays,
+            num_rounds=config.num_server_rounds,
+            evaluate_fn=evaluate_fn,
+        )
+
+
+def centralized_evaluation(config: RunConfig) -> EvaluateFn:
+    """Return an ``evaluate_fn`` that scores the global model on the held-out test split.
+
+    The test split is loaded here, before training, so a bad ``data-path`` fails early.
+    """
+    test_set = load_splits(config.data_path, config.image_size, config.seed).test
+    loader = DataLoader(test_set, batch_size=256)
+    model = build_model(config.model)
+    device = pick_device()
+
+    def evaluate_global_model(server_round: int, arrays: ArrayRecord) -> MetricRecord:
+        model.load_state_dict(arrays.to_torch_state_dict())
+        return MetricRecord(evaluate(model, loader, device))
+
+    return evaluate_global_model
