@@ -199,35 +199,45 @@ def _resize(images: np.ndarray, size: int) -> np.ndarray:
 
 
 def _load_image_folder(root: Path, image_size: int, seed: int) -> DataSplits:
-    train = _read_split(root, "train", image_size)
-    test = _read_split(root, "test", image_size)
-    if (root / "val").is_dir():
-        val = _read_split(root, "val", image_size)
-    else:
-        images, labels = train
+    has_val = (root / "val").is_dir()
+    files = {
+        split: _list_images(root, split)
+        for split in ("train", "val", "test")
+        if split != "val" or has_val
+    }
+    loaded = {split: _read_images(found, image_size) for split, found in files.items()}
+    if not has_val:
+        images, labels = loaded["train"]
         train_idx, val_idx = train_test_split(
             np.arange(len(labels)), test_size=VAL_FRACTION, stratify=labels, random_state=seed
         )
-        train, val = (images[train_idx], labels[train_idx]), (images[val_idx], labels[val_idx])
-    return DataSplits(train=_to_dataset(*train), val=_to_dataset(*val), test=_to_dataset(*test))
+        loaded["train"] = images[train_idx], labels[train_idx]
+        loaded["val"] = images[val_idx], labels[val_idx]
+    return DataSplits(**{split: _to_dataset(*pair) for split, pair in loaded.items()})
 
 
-def _read_split(root: Path, split: str, image_size: int) -> tuple[np.ndarray, np.ndarray]:
+def _list_images(root: Path, split: str) -> list[tuple[Path, int]]:
+    """Every (image file, label) of one split; the error lists all missing class folders."""
     layout = (
         f"expected {root}/{{train,test}}/{{{','.join(CLASS_NAMES)}}}/*.jpeg|.jpg|.png "
         "(val/ optional)"
     )
-    images, labels = [], []
-    for label, name in enumerate(CLASS_NAMES):
-        folder = root / split / name
-        if not folder.is_dir():
-            raise DataError(f"missing folder {folder}; {layout}")
-        files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-        if not files:
+    folders = [root / split / name for name in CLASS_NAMES]
+    missing = [str(folder) for folder in folders if not folder.is_dir()]
+    if missing:
+        raise DataError(f"missing folder {', '.join(missing)}; {layout}")
+    found = []
+    for label, folder in enumerate(folders):
+        images = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        if not images:
             raise DataError(f"no images in {folder}; {layout}")
-        images.extend(_read_image(p, image_size) for p in files)
-        labels.extend([label] * len(files))
-    return np.stack(images), np.asarray(labels, dtype=np.int64)
+        found.extend((path, label) for path in images)
+    return found
+
+
+def _read_images(found: list[tuple[Path, int]], image_size: int) -> tuple[np.ndarray, np.ndarray]:
+    images = np.stack([_read_image(path, image_size) for path, _ in found])
+    return images, np.asarray([label for _, label in found], dtype=np.int64)
 
 
 def _read_image(path: Path, size: int) -> np.ndarray:
