@@ -1,0 +1,50 @@
+"""Shared fixtures: a real relay process per test, on a free 127.0.0.1 port with its own database.
+
+Fixtures:
+    relay_factory: ``relay_factory(token=None, args=(), env=None) -> RelayProcess`` starts a
+        relay (waits for ``/healthz``) with those options; every relay it started is stopped
+        at teardown (SIGTERM, then SIGKILL by pid if it hangs).
+    relay: one started relay with default options (no token).
+
+A :class:`tests.support.RelayProcess` exposes ``ws_url``, ``http_url``, ``port``, ``db_path``,
+``pid``, ``log_path``, ``restart()`` (same port and database), ``stop()`` and ``kill()``. See
+``tests/support.py`` for :class:`~tests.support.ListeningClient` (a dashboard stand-in),
+:func:`~tests.support.publish` and the HTTP helpers.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.support import RelayProcess
+
+# Every Flower simulation in the test session stays on loopback and installs nothing.
+os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+os.environ.setdefault("FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION", "1")
+
+RelayFactory = Callable[..., RelayProcess]
+
+
+@pytest.fixture
+def relay_factory(tmp_path: Path) -> Iterator[RelayFactory]:
+    """Start relays with options: ``relay_factory(token="t", args=["--max-buffer-bytes", "1000"])``."""
+    started: list[RelayProcess] = []
+
+    def start(**options: object) -> RelayProcess:
+        relay = RelayProcess(tmp_path / f"relay-{len(started)}" / "relay.db", **options)  # type: ignore[arg-type]
+        started.append(relay)
+        return relay.start()
+
+    yield start
+    for relay in started:
+        relay.stop()
+
+
+@pytest.fixture
+def relay(relay_factory: RelayFactory) -> RelayProcess:
+    """A running relay with default options (anyone may publish)."""
+    return relay_factory()

@@ -1,0 +1,346 @@
+"""Helpers for tests that talk to a real relay: the relay process, a listening client, HTTP.
+
+Everything here uses real sockets on 127.0.0.1 with bounded waits:
+
+- :class:`RelayProcess`: ``python -m relay`` in a subprocess on a free port with its own
+  database (the ``relay`` / ``relay_factory`` fixtures in ``conftest.py`` build these).
+- :class:`ListeningClient`: a dashboard stand-in; a background thread keeps one WebSocket
+  connection and collects every message it receives.
+- :func:`publish`: send messages from a one-off publisher connection and collect the relay's
+  replies (``ack`` / ``rejected``), one per message.
+- :func:`get_json` / :func:`http_get`: plain HTTP requests to the relay.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from websockets.exceptions import ConnectionClosed
+from websockets.sync.client import ClientConnection, connect
+
+Message = dict[str, Any]
+
+# Bounded waits: long enough for a loaded 2-core machine, short enough to fail fast.
+START_TIMEOUT = 20.0
+WAIT_TIMEOUT = 10.0
+
+
+def free_port() -> int:
+    """Return a TCP port on 127.0.0.1 that was free a moment ago."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+# --------------------------------------------------------------------------- HTTP
+
+
+def http_get(url: str, timeout: float = WAIT_TIMEOUT) -> tuple[int, Mapping[str, str], bytes]:
+    """GET ``url``; return ``(status, headers, body)`` for any status, errors included."""
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:
+            return response.status, response.headers, response.read()
+    except urllib.error.HTTPError as error:
+        with error:
+            return error.code, error.headers, error.read()
+
+
+def get_json(url: str, timeout: float = WAIT_TIMEOUT) -> Any:
+    """GET ``url`` and return its JSON body; raise AssertionError unless the status is 200."""
+    status, _, body = http_get(url, timeout)
+    if status != 200:
+        raise AssertionError(f"GET {url} answered {status}: {body[:300]!r}")
+    return json.loads(body)
+
+
+# --------------------------------------------------------------------------- the relay
+
+
+class RelayProcess:
+    """A real relay (``python -m relay``) on 127.0.0.1 in a subprocess.
+
+    Attributes:
+        port: its port (fixed for the object's life, so :meth:`restart` keeps it).
+        db_path: its SQLite file (kept across :meth:`restart`).
+        ws_url: ``ws://127.0.0.1:<port>``.
+        http_url: ``http://127.0.0.1:<port>`` (no trailing slash).
+        pid: the running process's id (None when stopped).
+        log_path: its combined stdout and stderr, kept across restarts.
+        returncode: the exit status after :meth:`stop`.
+
+    Args:
+        db_path: the database file.
+        token: the publisher token (``--token``), or None for an open relay.
+        args: more command-line options, e.g. ``["--max-buffer-bytes", "65536"]``.
+        env: extra environment variables for the process.
+    """
+
+    def __init__(
+        self,
+        db_path: str | Path,
+        *,
+        token: str | None = None,
+        args: Sequence[str] = (),
+        env: Mapping[str, str] | None = None,
+    ) -> None:
+        self.db_path = Path(db_path)
+        self.token = token
+        self.args = list(args)
+        self.env = {**os.environ, **(env or {})}
+        self.port = free_port()
+        self.ws_url = f"ws://127.0.0.1:{self.port}"
+        self.http_url = f"http://127.0.0.1:{self.port}"
+        self.log_path = self.db_path.with_suffix(".log")
+        self.returncode: int | None = None
+        self._process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def pid(self) -> int | None:
+        return self._process.pid if self._process is not None else None
+
+    def command(self) -> list[str]:
+        """The command line that starts this relay."""
+        command = [sys.executable, "-m", "relay", "--host", "127.0.0.1", "--port", str(self.port)]
+        command += ["--db", str(self.db_path), *self.args]
+        if self.token is not None:
+            command += ["--token", self.token]
+        return command
+
+    def start(self, timeout: float = START_TIMEOUT) -> RelayProcess:
+        """Start the process and wait until ``/healthz`` answers; return self."""
+        if self._process is not None:
+            raise RuntimeError("relay already running; stop() it first")
+        self.db_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.log_path, "ab") as log:
+            self._process = subprocess.Popen(
+                self.command(), stdout=log, stderr=subprocess.STDOUT, env=self.env
+            )
+        self.returncode = None
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self._process.poll() is not None:
+                code = self._process.returncode
+                self._process = None
+                raise RuntimeError(f"relay exited with {code} while starting:\n{self.log_text()}")
+            try:
+                if http_get(f"{self.http_url}/healthz", timeout=1.0)[0] == 200:
+                    return self
+            except OSError:
+                pass
+            time.sleep(0.05)
+        self.kill()
+        raise RuntimeError(f"relay not healthy after {timeout} s:\n{self.log_text()}")
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = WAIT_TIMEOUT) -> int | None:
+        """Send ``sig`` and wait for the exit (killed after ``timeout``); return the exit status."""
+        if self._process is None:
+            return self.returncode
+        if self._process.poll() is None:
+            os.kill(self._process.pid, sig)
+            try:
+                self._process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self._process.kill()
+                self._process.wait()
+        self.returncode = self._process.returncode
+        self._process = None
+        return self.returncode
+
+    def kill(self) -> None:
+        """Kill the process at once (SIGKILL) if it is running."""
+        self.stop(signal.SIGKILL)
+
+    def restart(self) -> RelayProcess:
+        """Stop gracefully and start again on the same port with the same database."""
+        self.stop()
+        return self.start()
+
+    def log_text(self) -> str:
+        """Everything the process printed so far (all runs)."""
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+
+# --------------------------------------------------------------------------- clients
+
+
+class ListeningClient:
+    """A dashboard stand-in: one WebSocket connection read by a background thread.
+
+    With neither ``run_id`` nor ``since`` it never subscribes and so receives every live
+    message (the original design). Otherwise it subscribes to ``run_id`` (None: all runs)
+    with ``since`` and the constructor returns once the relay's ``replay_end`` arrived:
+    the replay is in :attr:`messages` and live messages follow. Either way the connection
+    is registered with the relay when the constructor returns (a ping/pong round trip).
+
+    Attributes:
+        messages: every message received, in order (control messages included).
+        close_code: the close code once the connection closed (1006: no close frame).
+        closed: set when the connection has closed.
+
+    Args:
+        ws_url: the relay's ``ws://`` URL.
+        run_id: the run to subscribe to (None with ``since`` set: all runs).
+        since: replay the stored messages with a higher seq first.
+        subscribe: force a subscribe (True) or none (False); default: when run_id or since.
+        headers: extra handshake headers, e.g. ``{"Origin": ...}``.
+        token: sent as ``Authorization: Bearer <token>``.
+    """
+
+    def __init__(
+        self,
+        ws_url: str,
+        run_id: str | None = None,
+        since: int | None = None,
+        *,
+        subscribe: bool | None = None,
+        headers: Mapping[str, str] | None = None,
+        token: str | None = None,
+        timeout: float = WAIT_TIMEOUT,
+    ) -> None:
+        self.messages: list[Message] = []
+        self.close_code: int | None = None
+        self.closed = threading.Event()
+        self._changed = threading.Condition()
+        all_headers = dict(headers or {})
+        if token is not None:
+            all_headers["Authorization"] = f"Bearer {token}"
+        self.connection: ClientConnection = connect(
+            ws_url,
+            additional_headers=all_headers,
+            compression=None,
+            open_timeout=timeout,
+            legacy=True,  # websockets >= 17.1: a connection kept outside a `with` block
+        )
+        self._thread = threading.Thread(target=self._read, daemon=True, name="ListeningClient")
+        self._thread.start()
+        self.send(control("ping"))
+        self.wait_for_type("pong", timeout=timeout)
+        if subscribe if subscribe is not None else (run_id is not None or since is not None):
+            self.subscribe(run_id, since, timeout=timeout)
+
+    def _read(self) -> None:
+        try:
+            for frame in self.connection:
+                with self._changed:
+                    self.messages.append(json.loads(frame))
+                    self._changed.notify_all()
+        except ConnectionClosed:
+            pass
+        finally:
+            self.close_code = self.connection.close_code  # 1006: closed without a close frame
+            with self._changed:
+                self.closed.set()
+                self._changed.notify_all()
+
+    def send(self, message: Message | str) -> None:
+        """Send a message (a dict is JSON-encoded, a str goes as it is)."""
+        self.connection.send(message if isinstance(message, str) else json.dumps(message))
+
+    def subscribe(self, run_id: str | None, since: int | None = None, timeout: float = WAIT_TIMEOUT) -> list[Message]:
+        """Subscribe and wait for the ``replay_end`` that confirms it; return all messages."""
+        ends_before = len(self.of_type("replay_end"))
+        self.send(control("subscribe", run_id=run_id, since=since))
+        return self.wait_for(lambda msgs: len(_of_type(msgs, "replay_end")) > ends_before, timeout)
+
+    def wait_for(self, predicate: Callable[[list[Message]], bool], timeout: float = WAIT_TIMEOUT) -> list[Message]:
+        """Wait until ``predicate(messages)`` is true; return a copy of the messages.
+
+        Raises:
+            AssertionError: not true within ``timeout`` seconds (or the connection closed
+                first); the text lists the types received.
+        """
+        deadline = time.monotonic() + timeout
+        with self._changed:
+            while not predicate(self.messages):
+                remaining = deadline - time.monotonic()
+                if remaining <= 0 or self.closed.is_set():
+                    kinds = [m.get("type") for m in self.messages][-20:]
+                    state = f"closed ({self.close_code})" if self.closed.is_set() else "open"
+                    raise AssertionError(
+                        f"condition not met within {timeout} s; connection {state}; "
+                        f"{len(self.messages)} messages, last types {kinds}"
+                    )
+                self._changed.wait(remaining)
+            return list(self.messages)
+
+    def wait_for_type(self, message_type: str, count: int = 1, timeout: float = WAIT_TIMEOUT) -> list[Message]:
+        """Wait until ``count`` messages of ``message_type`` arrived; return those."""
+        self.wait_for(lambda msgs: len(_of_type(msgs, message_type)) >= count, timeout)
+        return self.of_type(message_type)
+
+    def of_type(self, *message_types: str) -> list[Message]:
+        """The messages received so far whose type is one of ``message_types``."""
+        with self._changed:
+            return _of_type(self.messages, *message_types)
+
+    def data_messages(self) -> list[Message]:
+        """The messages received so far that are not relay control messages."""
+        with self._changed:
+            return [m for m in self.messages if m.get("type") not in CONTROL]
+
+    def wait_closed(self, timeout: float = WAIT_TIMEOUT) -> int | None:
+        """Wait until the connection closes; return the close code (1006: no close frame)."""
+        if not self.closed.wait(timeout):
+            raise AssertionError(f"connection still open after {timeout} s")
+        return self.close_code
+
+    def close(self) -> None:
+        """Close the connection and stop the thread."""
+        self.connection.close()
+        self._thread.join(WAIT_TIMEOUT)
+
+    def __enter__(self) -> ListeningClient:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+CONTROL = {"ack", "rejected", "replay_end", "pong"}
+
+
+def _of_type(messages: Iterable[Message], *message_types: str) -> list[Message]:
+    return [m for m in messages if m.get("type") in message_types]
+
+
+def control(message_type: str, **data: Any) -> Message:
+    """A control message (subscribe, unsubscribe, ping) for the relay."""
+    return {"type": message_type, "timestamp": "2026-01-01T00:00:00+00:00", "data": data}
+
+
+def publish(
+    ws_url: str,
+    messages: Iterable[Message | str | bytes],
+    *,
+    token: str | None = None,
+    timeout: float = WAIT_TIMEOUT,
+) -> list[Message]:
+    """Send ``messages`` on one new connection; return the relay's reply to each, in order.
+
+    Dicts are JSON-encoded, str goes as a text frame and bytes as a binary frame. Each reply
+    is the ``ack`` or ``rejected`` message the relay sent back (broadcasts from other
+    publishers on the same connection are skipped).
+    """
+    headers = {"Authorization": f"Bearer {token}"} if token is not None else {}
+    replies: list[Message] = []
+    with connect(ws_url, additional_headers=headers, compression=None, open_timeout=timeout) as ws:
+        frames = [m if isinstance(m, (str, bytes)) else json.dumps(m) for m in messages]
+        for frame in frames:
+            ws.send(frame)
+        while len(replies) < len(frames):
+            reply = json.loads(ws.recv(timeout))
+            if reply.get("type") in ("ack", "rejected"):
+                replies.append(reply)
+    return replies
