@@ -70,28 +70,44 @@ def to_json_value(value: Any, field: str = "data") -> Any:
         EncodingError: ``value`` (or something inside it) cannot be encoded; the message
             names its path, e.g. ``data.metrics.loss``.
     """
-    if value is None or isinstance(value, (str, bool)):
-        return value
-    if isinstance(value, int):
-        return value
-    if isinstance(value, float):
+    kind = type(value)
+    # Exact-type checks first: metrics are mostly plain floats and this runs on the
+    # training thread for every message.
+    if kind is float:
         return value if math.isfinite(value) else _non_finite_name(value)
+    if kind is str or kind is int or kind is bool or value is None:
+        return value
     if isinstance(value, Mapping):
         out = {}
         for key, item in value.items():
             if not isinstance(key, str):
-                raise EncodingError(f"{field}: keys must be strings, got {type(key).__name__}")
+                raise EncodingError(
+                    f"{field}: keys must be strings, got {type(key).__name__} {key!r}"
+                )
             out[key] = to_json_value(item, f"{field}.{key}")
         return out
     if isinstance(value, (list, tuple)):
         return [to_json_value(item, f"{field}[{i}]") for i, item in enumerate(value)]
+    # Subclasses of the plain types: numpy.float64, IntEnum, (str, Enum) members.
+    if isinstance(value, float):
+        return to_json_value(float(value), field)
+    if isinstance(value, int):
+        return int(value)
+    if isinstance(value, str):
+        return str.__str__(value)
     item = getattr(value, "item", None)
-    if callable(item) and _element_count(value) == 1:
-        return to_json_value(_as_python_scalar(item(), field), field)
+    if callable(item):
+        count = _element_count(value)
+        if count == 1:
+            return to_json_value(_as_python_scalar(item(), field), field)
+        raise EncodingError(
+            f"{field}: cannot encode {kind.__name__} with {count} elements as one value; "
+            "pass a scalar (e.g. tensor.item()) or a list (e.g. array.tolist())"
+        )
     if isinstance(value, numbers.Real):
         return to_json_value(float(value), field)
     raise EncodingError(
-        f"{field}: cannot encode {type(value).__name__} as JSON; "
+        f"{field}: cannot encode {kind.__name__} as JSON; "
         "pass a number, string, bool, list, dict, numpy scalar or one-element tensor"
     )
 
@@ -115,9 +131,12 @@ def _as_python_scalar(item: Any, field: str) -> Any:
     raise EncodingError(f"{field}: cannot encode {type(item).__name__} as JSON")
 
 
+_ENCODER = json.JSONEncoder(separators=(",", ":"), allow_nan=False)
+
+
 def encode_message(message: Message) -> str:
     """Encode a message (already made of JSON-ready values) as compact JSON text."""
-    return json.dumps(message, separators=(",", ":"), allow_nan=False)
+    return _ENCODER.encode(message)
 
 
 def decode_message(text: str | bytes) -> Message:
@@ -151,7 +170,7 @@ def _is_number(value: Any) -> bool:
         return False
     if isinstance(value, (int, float)):
         return math.isfinite(value)
-    return value in NON_FINITE
+    return isinstance(value, str) and value in NON_FINITE
 
 
 def _is_metric_value(value: Any) -> bool:
@@ -180,12 +199,16 @@ def _one_of(*allowed: str) -> Check:
     return check
 
 
+_CLIENT_FIELDS: dict[str, Check] = {
+    "client_id": _is_text,
+    "num_examples": _is_count,
+    "metrics": _is_metrics,
+}
+
+
 def _is_client_list(value: Any) -> bool:
     return isinstance(value, list) and all(
-        isinstance(c, dict)
-        and _is_text(c.get("client_id"))
-        and _is_count(c.get("num_examples"))
-        and _is_metrics(c.get("metrics"))
+        isinstance(c, dict) and all(check(c.get(k)) for k, check in _CLIENT_FIELDS.items())
         for c in value
     )
 
@@ -203,6 +226,7 @@ _DESCRIPTIONS: dict[Check, str] = {
     _is_count: "an integer >= 0",
     _is_number: 'a finite number or "NaN"/"Infinity"/"-Infinity"',
     _is_metrics: 'an object of metric name -> number, "NaN"/"Infinity"/"-Infinity" or null',
+    _is_metric_value: 'a number, "NaN"/"Infinity"/"-Infinity" or null',
     _is_text: "a string",
     _is_bool: "true or false",
     _is_client_list: "a list of {client_id: str, num_examples: int >= 0, metrics: {...}}",
@@ -332,14 +356,36 @@ def _check_fields(data: dict, required: dict[str, Check], optional: dict[str, Ch
         if field not in data:
             raise MessageError(f"data.{field}: missing")
         if not check(data[field]):
-            raise MessageError(f"data.{field}: expected {_describe(check)}")
+            raise _mismatch(f"data.{field}", check, data[field])
     for field, check in optional.items():
         if field in data and not check(data[field]):
-            raise MessageError(f"data.{field}: expected {_describe(check)}")
+            raise _mismatch(f"data.{field}", check, data[field])
+
+
+def _mismatch(path: str, check: Check, value: Any) -> MessageError:
+    """Describe a failed check at the innermost offending field, e.g. ``data.metrics.loss``."""
+    if check is _is_metrics and isinstance(value, dict):
+        for key, item in value.items():
+            if not _is_metric_value(item):
+                return _mismatch(f"{path}.{key}", _is_metric_value, item)
+    if check is _is_client_list and isinstance(value, list):
+        for i, client in enumerate(value):
+            if not isinstance(client, dict):
+                return MessageError(f"{path}[{i}]: expected an object, got {_shown(client)}")
+            for key, field_check in _CLIENT_FIELDS.items():
+                if not field_check(client.get(key)):
+                    return _mismatch(f"{path}[{i}].{key}", field_check, client.get(key))
+    return MessageError(f"{path}: expected {_describe(check)}, got {_shown(value)}")
 
 
 def _describe(check: Check) -> str:
     return _DESCRIPTIONS.get(check) or check.__doc__ or check.__name__
+
+
+def _shown(value: Any) -> str:
+    if isinstance(value, (dict, list)):
+        return _json_kind(value)
+    return repr(value)[:60]
 
 
 def _json_kind(value: Any) -> str:
