@@ -1,0 +1,389 @@
+"""The relay, end to end: a real ``python -m relay`` process, real WebSocket and HTTP clients."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import pytest
+from websockets.exceptions import InvalidStatus
+from websockets.sync.client import connect
+
+from fl_stream.messages import make_message
+from tests.support import (
+    ListeningClient,
+    RelayProcess,
+    control,
+    free_port,
+    get_json,
+    http_get,
+    publish,
+)
+
+TIMESTAMP = "2026-01-01T00:00:00+00:00"
+METRICS = {"loss": 0.5, "accuracy": 0.8, "precision": 0.7, "recall": 0.9, "f1": 0.79, "auroc": "NaN"}
+
+
+def epoch_end(run_id: str, epoch: int, msg_id: str | None = None) -> dict[str, Any]:
+    data = {"epoch": epoch, "phase": "val", "metrics": METRICS}
+    return make_message("epoch_end", data, run_id=run_id, msg_id=msg_id)
+
+
+def seqs(messages: list[dict[str, Any]], run_id: str | None = None) -> list[int]:
+    """The seq of every data message (of ``run_id``, when given), in arrival order."""
+    return [
+        m["seq"]
+        for m in messages
+        if "seq" in m and (run_id is None or m["run_id"] == run_id)
+    ]
+
+
+@pytest.fixture(scope="module")
+def shared_relay(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RelayProcess]:
+    """One relay for the tests that only add their own runs (the bad-input table)."""
+    relay = RelayProcess(tmp_path_factory.mktemp("shared") / "relay.db").start()
+    yield relay
+    relay.stop()
+
+
+# --------------------------------------------------------------------------- original design
+
+
+def test_original_design_every_other_client_receives_what_one_sends(relay: RelayProcess) -> None:
+    original = {"type": "epoch_end", "timestamp": TIMESTAMP, "data": {"epoch": 1, "phase": "train", "metrics": METRICS}}
+    with ListeningClient(relay.ws_url) as sender, ListeningClient(relay.ws_url) as listener:
+        sender.send(original)
+        received = listener.wait_for_type("epoch_end")
+        ack = sender.wait_for_type("ack")
+    assert received == [{**original, "run_id": "default", "seq": 1}]
+    assert ack[0]["data"] == {"run_id": "default", "seq": 1, "msg_id": None}
+    assert sender.of_type("epoch_end") == []  # never echoed to its publisher
+
+
+def test_subscriptions_select_runs_and_deliver_once(relay: RelayProcess) -> None:
+    with (
+        ListeningClient(relay.ws_url, run_id="a") as only_a,
+        ListeningClient(relay.ws_url, run_id="a") as a_and_all,
+        ListeningClient(relay.ws_url) as everything,
+    ):
+        a_and_all.subscribe(None)
+        publish(relay.ws_url, [epoch_end("b", 1), epoch_end("a", 1), epoch_end("b", 2)])
+        everything.wait_for(lambda msgs: len(seqs(msgs)) == 3)
+        a_and_all.wait_for(lambda msgs: len(seqs(msgs)) == 3)
+        only_a.send(control("unsubscribe", run_id="a"))
+        only_a.send(control("ping"))
+        only_a.wait_for_type("pong", count=2)
+        publish(relay.ws_url, [epoch_end("a", 2)])
+        a_and_all.wait_for(lambda msgs: len(seqs(msgs)) == 4)
+    assert [(m["run_id"], m["seq"]) for m in only_a.data_messages()] == [("a", 1)]
+    assert [(m["run_id"], m["seq"]) for m in a_and_all.data_messages()] == [("b", 1), ("a", 1), ("b", 2), ("a", 2)]
+
+
+def test_resent_message_is_acked_again_with_its_seq_and_not_broadcast_again(relay: RelayProcess) -> None:
+    with ListeningClient(relay.ws_url) as listener:
+        first = epoch_end("run", 1, msg_id="m-1")
+        replies = publish(relay.ws_url, [first, epoch_end("run", 2, msg_id="m-2"), first])
+        listener.wait_for(lambda msgs: len(seqs(msgs)) == 2)
+        publish(relay.ws_url, [epoch_end("run", 3, msg_id="m-3")])
+        listener.wait_for(lambda msgs: len(seqs(msgs)) == 3)
+    assert [r["data"]["seq"] for r in replies] == [1, 2, 1]
+    assert [m.get("msg_id") for m in listener.data_messages()] == ["m-1", "m-2", "m-3"]
+    assert get_json(f"{relay.http_url}/stats")["duplicates"] == 1
+
+
+# --------------------------------------------------------------------------- bad input
+
+BAD_INPUTS: list[tuple[str, str | bytes, str]] = [
+    ("not json", "{this is not json", "not valid JSON"),
+    ("array", "[1, 2, 3]", "expected a JSON object, got an array"),
+    ("string", '"epoch_end"', "expected a JSON object, got a string"),
+    ("no type", json.dumps({"timestamp": TIMESTAMP, "data": {}, "run_id": "{run}"}), "type: missing"),
+    ("no timestamp", json.dumps({"type": "custom", "data": {}, "run_id": "{run}"}), "timestamp: missing"),
+    ("no data", json.dumps({"type": "custom", "timestamp": TIMESTAMP, "run_id": "{run}"}), "data: missing"),
+    ("numeric type", json.dumps({"type": 7, "timestamp": TIMESTAMP, "data": {}, "run_id": "{run}"}), "type: expected a non-empty string"),
+    ("bad timestamp", json.dumps({"type": "custom", "timestamp": "yesterday", "data": {}, "run_id": "{run}"}), "is not ISO-8601"),
+    ("data not object", json.dumps({"type": "custom", "timestamp": TIMESTAMP, "data": [1], "run_id": "{run}"}), "data: expected a JSON object"),
+    ("run_id not text", json.dumps({"type": "custom", "timestamp": TIMESTAMP, "data": {}, "run_id": 42}), "run_id: expected a string"),
+    ("metrics missing", json.dumps({"type": "epoch_end", "timestamp": TIMESTAMP, "data": {"epoch": 1, "phase": "val"}, "run_id": "{run}"}), "data.metrics: missing"),
+    ("unknown phase", json.dumps({"type": "epoch_end", "timestamp": TIMESTAMP, "data": {"epoch": 1, "phase": "test", "metrics": {}}, "run_id": "{run}"}), "data.phase"),
+    ("metric is text", json.dumps({"type": "epoch_end", "timestamp": TIMESTAMP, "data": {"epoch": 1, "phase": "val", "metrics": {"loss": "low"}}, "run_id": "{run}"}), "data.metrics"),
+    ("negative clients", json.dumps({"type": "training_mode", "timestamp": TIMESTAMP, "data": {"is_federated": True, "num_rounds": 3, "num_clients": -1}, "run_id": "{run}"}), "data.num_clients"),
+    ("bad run status", json.dumps({"type": "training_end", "timestamp": TIMESTAMP, "data": {"run_id": "{run}", "status": "done", "final_metrics": {}}, "run_id": "{run}"}), "data.status"),
+    ("NaN literal", '{"type": "custom", "timestamp": "%s", "data": {"x": NaN}, "run_id": "{run}"}' % TIMESTAMP, '"NaN"'),
+    ("control type", json.dumps({"type": "ack", "timestamp": TIMESTAMP, "data": {"run_id": "{run}", "seq": 1}, "run_id": "{run}"}), "sent by the relay"),
+    ("binary frame", json.dumps({"type": "custom", "timestamp": TIMESTAMP, "data": {}, "run_id": "{run}"}).encode(), "binary frames"),
+]
+
+
+@pytest.mark.parametrize(("frame", "error"), [case[1:] for case in BAD_INPUTS], ids=[case[0] for case in BAD_INPUTS])
+def test_bad_input_is_refused_and_changes_nothing(shared_relay: RelayProcess, frame: str | bytes, error: str, request: pytest.FixtureRequest) -> None:
+    run = request.node.callspec.id
+    bad = frame.replace("{run}", run) if isinstance(frame, str) else frame.replace(b"{run}", run.encode())
+    good = epoch_end(run, 1)
+    with ListeningClient(shared_relay.ws_url, run_id=None, since=None, subscribe=True) as dashboard:
+        replies = publish(shared_relay.ws_url, [bad, good])
+        received = dashboard.wait_for(lambda msgs: any(m.get("run_id") == run for m in msgs))
+    assert replies[0]["type"] == "rejected"
+    assert error in replies[0]["data"]["reason"]
+    assert replies[1]["type"] == "ack"  # the connection stayed open and usable
+    assert [m for m in received if "seq" in m] == [{**good, "seq": 1}]  # nothing bad broadcast
+    stored = get_json(f"{shared_relay.http_url}/api/runs/{quote(run)}/metrics")["messages"]
+    assert stored == [{**good, "seq": 1}]  # nothing bad stored
+    assert error.split(":")[0] in shared_relay.log_text()  # one log line names it
+
+
+def test_oversized_frame_closes_only_that_connection_with_1009(relay_factory: Any) -> None:
+    relay = relay_factory(args=["--max-message-bytes", "2048"])
+    with ListeningClient(relay.ws_url) as dashboard, ListeningClient(relay.ws_url) as big:
+        big.send({"type": "custom", "timestamp": TIMESTAMP, "data": {"pad": "x" * 4096}})
+        assert big.wait_closed() == 1009
+        publish(relay.ws_url, [epoch_end("run", 1)])
+        dashboard.wait_for(lambda msgs: seqs(msgs) == [1])
+    assert [r["message_count"] for r in get_json(f"{relay.http_url}/api/runs")["runs"]] == [1]
+
+
+# --------------------------------------------------------------------------- tokens and origins
+
+
+def test_only_token_holders_publish_and_the_token_is_never_logged(relay_factory: Any) -> None:
+    token = "s3cret-token-value"
+    relay = relay_factory(token=token)
+    with ListeningClient(relay.ws_url) as dashboard:  # no token: read-only, still receives
+        refused = publish(relay.ws_url, [epoch_end("run", 1, msg_id="x")])
+        with pytest.raises(InvalidStatus) as wrong:
+            publish(relay.ws_url, [epoch_end("run", 1)], token="wrong")
+        accepted = publish(relay.ws_url, [epoch_end("run", 2)], token=token)
+        dashboard.wait_for(lambda msgs: len(seqs(msgs)) == 1)
+    assert refused[0]["type"] == "rejected"
+    assert refused[0]["data"] == {"reason": refused[0]["data"]["reason"], "msg_id": "x"}
+    assert "unauthorised" in refused[0]["data"]["reason"]
+    assert wrong.value.response.status_code == 401
+    assert accepted[0]["data"]["seq"] == 1
+    assert [m["data"]["epoch"] for m in dashboard.data_messages()] == [2]
+    assert token not in relay.log_text()
+
+
+def test_token_can_come_from_the_environment(relay_factory: Any) -> None:
+    relay = relay_factory(env={"FL_STREAM_RELAY_TOKEN": "from-env"})
+    assert publish(relay.ws_url, [epoch_end("run", 1)])[0]["type"] == "rejected"
+    assert publish(relay.ws_url, [epoch_end("run", 1)], token="from-env")[0]["type"] == "ack"
+
+
+def test_browser_origins_outside_the_allow_list_are_refused(relay_factory: Any) -> None:
+    relay = relay_factory(args=["--allowed-origin", "http://dashboards.example:8080"])
+    for origin in (f"http://127.0.0.1:{relay.port}", f"http://localhost:{relay.port}", "http://dashboards.example:8080"):
+        ListeningClient(relay.ws_url, headers={"Origin": origin}).close()
+    with pytest.raises(InvalidStatus) as refused:
+        ListeningClient(relay.ws_url, headers={"Origin": "http://evil.example"})
+    assert refused.value.response.status_code == 403
+
+
+# --------------------------------------------------------------------------- replay and persistence
+
+
+def test_dashboard_reconnecting_with_since_misses_nothing_and_gets_no_duplicate(relay: RelayProcess) -> None:
+    publish(relay.ws_url, [epoch_end("run", e) for e in range(1, 6)])
+    with ListeningClient(relay.ws_url, run_id="run", since=0) as first:
+        seen = seqs(first.messages)
+    assert seen == [1, 2, 3, 4, 5]
+
+    # While it is away, and while it reconnects, the run keeps publishing.
+    total = 300
+    publisher = threading.Thread(target=publish, args=(relay.ws_url, [epoch_end("run", e) for e in range(6, total + 1)]))
+    publisher.start()
+    with ListeningClient(relay.ws_url, run_id="run", since=seen[-1]) as again:
+        publisher.join()
+        received = again.wait_for(lambda msgs: seqs(msgs)[-1:] == [total])
+    assert seqs(received) == list(range(6, total + 1))
+
+
+def test_subscribing_to_all_runs_since_replays_in_storage_order(relay: RelayProcess) -> None:
+    publish(relay.ws_url, [epoch_end("a", 1), epoch_end("b", 1), epoch_end("a", 2), epoch_end("b", 2)])
+    with ListeningClient(relay.ws_url, run_id=None, since=1) as late:
+        messages = late.messages
+    assert [(m["run_id"], m["seq"]) for m in messages if "seq" in m] == [("a", 2), ("b", 2)]
+    assert messages[-1]["type"] == "replay_end"
+
+
+def test_numbering_and_messages_survive_a_restart(relay: RelayProcess) -> None:
+    first = epoch_end("run", 1, msg_id="one")
+    assert [r["data"]["seq"] for r in publish(relay.ws_url, [first, epoch_end("run", 2)])] == [1, 2]
+    relay.restart()
+    replies = publish(relay.ws_url, [epoch_end("run", 3), first])
+    assert [r["data"]["seq"] for r in replies] == [3, 1]  # numbering continues; dedupe too
+    with ListeningClient(relay.ws_url, run_id="run", since=0) as late:
+        assert seqs(late.messages) == [1, 2, 3]
+
+
+def test_killed_relay_keeps_every_acknowledged_message(relay: RelayProcess) -> None:
+    replies = publish(relay.ws_url, [epoch_end("run", e) for e in range(1, 51)])
+    relay.kill()  # SIGKILL: no shutdown code runs
+    relay.start()
+    acknowledged = [r["data"]["seq"] for r in replies]
+    stored = get_json(f"{relay.http_url}/api/runs/run/metrics")["messages"]
+    assert [m["seq"] for m in stored] == acknowledged == list(range(1, 51))
+
+
+# --------------------------------------------------------------------------- slow consumers
+
+
+def stalled_subscriber(port: int) -> socket.socket:
+    """A raw WebSocket client that completes the handshake and then never reads."""
+    sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # a small window fills fast
+    key = base64.b64encode(os.urandom(16)).decode()
+    sock.sendall(
+        f"GET / HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\n"
+        f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n".encode()
+    )
+    assert sock.recv(12) == b"HTTP/1.1 101"
+    return sock
+
+
+def test_stalled_subscriber_is_evicted_while_a_healthy_one_keeps_receiving(relay: RelayProcess) -> None:
+    pad = "x" * 30_000
+    sent = 0
+    with stalled_subscriber(relay.port), ListeningClient(relay.ws_url) as healthy:
+        for _ in range(100):  # bounded: eviction comes after ~5 MB at the 1 MiB default cap
+            publish(relay.ws_url, [make_message("custom", {"pad": pad}, run_id="big") for _ in range(10)])
+            sent += 10
+            if get_json(f"{relay.http_url}/stats")["evicted"]:
+                break
+        publish(relay.ws_url, [epoch_end("run", 1)])
+        healthy.wait_for(lambda msgs: len(seqs(msgs)) == sent + 1)
+        stats = get_json(f"{relay.http_url}/stats")
+    assert stats["evicted"] == 1
+    assert "slow consumer" in relay.log_text()
+
+
+# --------------------------------------------------------------------------- HTTP
+
+
+def run_of(run_id: str, mode: str | None, end: dict[str, Any] | None) -> list[dict[str, Any]]:
+    messages = []
+    if mode is not None:
+        data = {"is_federated": mode == "federated", "num_rounds": 2, "num_clients": 3}
+        messages.append(make_message("training_mode", data, run_id=run_id))
+    messages.append(epoch_end(run_id, 1))
+    if end is not None:
+        messages.append(make_message(end.pop("type"), end, run_id=run_id))
+    return messages
+
+
+def test_api_runs_summarises_each_run_newest_first(relay: RelayProcess) -> None:
+    final = {"loss": 0.2, "accuracy": 0.9}
+    publish(relay.ws_url, run_of("fed", "federated", {"type": "training_end", "run_id": "fed", "status": "completed", "final_metrics": final, "best_round": 2}))
+    publish(relay.ws_url, run_of("central", "centralized", {"type": "training_end", "run_id": "central", "status": "early_stopped", "final_metrics": final}))
+    publish(relay.ws_url, run_of("broken", "centralized", {"type": "error", "error": "CUDA out of memory", "error_type": "RuntimeError"}))
+    publish(relay.ws_url, run_of("live", None, None))
+    runs = get_json(f"{relay.http_url}/api/runs")["runs"]
+    assert [(r["run_id"], r["mode"], r["status"], r["message_count"]) for r in runs] == [
+        ("live", None, "running", 1),
+        ("broken", "centralized", "failed", 3),
+        ("central", "centralized", "early_stopped", 3),
+        ("fed", "federated", "completed", 3),
+    ]
+    assert all(r["first_timestamp"] <= r["last_timestamp"] for r in runs)
+
+    body = get_json(f"{relay.http_url}/api/runs/fed/metrics")
+    assert body["final_metrics"] == final
+    assert body["training_end"]["best_round"] == 2
+    assert [(m["type"], m["seq"]) for m in body["messages"]] == [("training_mode", 1), ("epoch_end", 2), ("training_end", 3)]
+    later = get_json(f"{relay.http_url}/api/runs/fed/metrics?since=2")["messages"]
+    assert [m["seq"] for m in later] == [3]
+
+
+@pytest.mark.parametrize(
+    ("path", "status", "content_type"),
+    [
+        ("/", 200, "text/html; charset=utf-8"),
+        ("/static/index.html", 200, "text/html; charset=utf-8"),
+        ("/static/plotly.min.js", 200, "text/javascript; charset=utf-8"),
+        ("/healthz", 200, "application/json; charset=utf-8"),
+        ("/stats", 200, "application/json; charset=utf-8"),
+        ("/api/runs", 200, "application/json; charset=utf-8"),
+        ("/api/runs/nobody/metrics", 404, "application/json; charset=utf-8"),
+        ("/api/runs/nobody/metrics?since=x", 400, "application/json; charset=utf-8"),
+        ("/static/missing.js", 404, "application/json; charset=utf-8"),
+        ("/static/../store.py", 404, "application/json; charset=utf-8"),
+        ("/static/%2e%2e/store.py", 404, "application/json; charset=utf-8"),
+        ("/no/such/path", 404, "application/json; charset=utf-8"),
+    ],
+)
+def test_http_endpoint(shared_relay: RelayProcess, path: str, status: int, content_type: str) -> None:
+    code, headers, body = http_get(shared_relay.http_url + path)
+    assert code == status
+    assert headers.get_all("Content-Type") == [content_type]  # exactly one header
+    if content_type.startswith("application/json"):
+        payload = json.loads(body)
+        assert ("error" in payload) == (status != 200)
+    if path == "/static/plotly.min.js":
+        assert b"plotly" in body[:2000].lower()
+
+
+def test_healthz_stats_and_favicon(relay: RelayProcess) -> None:
+    assert get_json(f"{relay.http_url}/healthz") == {"status": "ok"}
+    assert http_get(f"{relay.http_url}/favicon.ico")[0] in (200, 204)
+    with ListeningClient(relay.ws_url):
+        publish(relay.ws_url, [epoch_end("run", 1), "junk"])
+        stats = get_json(f"{relay.http_url}/stats")
+    assert stats["connections"] == 1  # the listener; the publisher has gone
+    assert (stats["messages_in"], stats["messages_out"], stats["rejected"], stats["evicted"]) == (1, 1, 1, 0)
+
+
+# --------------------------------------------------------------------------- process life
+
+
+def test_sigterm_closes_clients_with_1001_and_keeps_the_data(relay: RelayProcess) -> None:
+    publish(relay.ws_url, [epoch_end("run", e) for e in range(1, 4)])
+    dashboard = ListeningClient(relay.ws_url, run_id="run", since=0)
+    assert relay.stop(signal.SIGTERM) == 0  # stop() waits a bounded time, then kills
+    assert dashboard.wait_closed() == 1001
+    dashboard.close()
+    relay.start()
+    assert [m["seq"] for m in get_json(f"{relay.http_url}/api/runs/run/metrics")["messages"]] == [1, 2, 3]
+
+
+def run_relay_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    command = [sys.executable, "-m", "relay", "--host", "127.0.0.1", *args]
+    return subprocess.run(command, capture_output=True, text=True, timeout=30)
+
+
+def test_port_in_use_is_a_one_line_error(tmp_path: Path) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        result = run_relay_cli("--port", str(busy.getsockname()[1]), "--db", str(tmp_path / "r.db"))
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr
+    assert result.stderr.strip().count("\n") == 0
+    assert "cannot listen" in result.stderr
+
+
+def test_unwritable_database_is_a_one_line_error(tmp_path: Path) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    result = run_relay_cli("--port", str(free_port()), "--db", str(blocker / "relay.db"))
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr
+    assert result.stderr.strip().count("\n") == 0
+    assert "cannot open database" in result.stderr
+
+
+def test_closed_connection_mid_send_does_not_disturb_others(relay: RelayProcess) -> None:
+    with ListeningClient(relay.ws_url) as dashboard:
+        with connect(relay.ws_url) as quitter:
+            quitter.send(json.dumps(epoch_end("run", 1)))
+        publish(relay.ws_url, [epoch_end("run", 2)])
+        received = dashboard.wait_for(lambda msgs: len(seqs(msgs)) == 2)
+    assert seqs(received) == [1, 2]
