@@ -35,7 +35,7 @@ class RunConfig:
     min_nodes: int = 2
     local_epochs: int = 1
     learning_rate: float = 0.01
-    batch_size: int = 32
+    batch_size: int = 16
     model: str = "resnet18"
     image_size: int = 28
     data_path: str = ""
