@@ -102,11 +102,18 @@ class Hub:
 
     # ----------------------------------------------------------------------- connections
 
-    async def handle(self, websocket: ServerConnection, can_publish: bool) -> None:
-        """Serve one connection until it closes."""
-        self._clients[websocket] = _Client(can_publish)
+    async def handle(self, websocket: ServerConnection, can_publish: bool, subscriber: bool) -> None:
+        """Serve one connection until it closes.
+
+        Args:
+            can_publish: whether its messages are accepted (the token rule).
+            subscriber: True: it receives nothing until its first subscribe (the URL asked
+                ``?subscribe``); False: until then it receives every live message.
+        """
+        self._clients[websocket] = _Client(can_publish, subscribed=subscriber)
         self._connections.add(websocket)
-        self._every_run.add(websocket)
+        if not subscriber:
+            self._every_run.add(websocket)
         self.stats.connections += 1
         self.stats.connections_total += 1
         try:

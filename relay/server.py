@@ -13,6 +13,7 @@ import http
 import logging
 import signal
 import sqlite3
+from urllib.parse import parse_qs, urlsplit
 
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.datastructures import Headers, MultipleValuesError
@@ -113,7 +114,9 @@ async def _listen(config: RelayConfig, hub: Hub, routes: HttpRoutes, gate: Gate)
         return gate.refusal(request.headers)
 
     async def handler(websocket: ServerConnection) -> None:
-        await hub.handle(websocket, gate.may_publish(websocket.request.headers))
+        request = websocket.request
+        query = parse_qs(urlsplit(request.path).query, keep_blank_values=True)
+        await hub.handle(websocket, gate.may_publish(request.headers), "subscribe" in query)
 
     try:
         return await serve(

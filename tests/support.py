@@ -181,7 +181,9 @@ class ListeningClient:
     With neither ``run_id`` nor ``since`` it never subscribes and so receives every live
     message (the original design). Otherwise it subscribes to ``run_id`` (None: all runs)
     with ``since`` and the constructor returns once the relay's ``replay_end`` arrived:
-    the replay is in :attr:`messages` and live messages follow. Either way the connection
+    the replay is in :attr:`messages` and live messages follow; it connects to
+    ``<ws_url>/?subscribe`` so that no live message reaches it before that subscribe (which
+    would come again in the replay). Either way the connection
     is registered with the relay when the constructor returns (a ping/pong round trip).
 
     Attributes:
@@ -216,8 +218,11 @@ class ListeningClient:
         all_headers = dict(headers or {})
         if token is not None:
             all_headers["Authorization"] = f"Bearer {token}"
+        if subscribe is None:
+            subscribe = run_id is not None or since is not None
         self.connection: ClientConnection = connect(
-            ws_url,
+            # ?subscribe: no live message reaches it before its subscribe is handled.
+            f"{ws_url}/?subscribe" if subscribe else ws_url,
             additional_headers=all_headers,
             compression=None,
             open_timeout=timeout,
@@ -227,7 +232,7 @@ class ListeningClient:
         self._thread.start()
         self.send(control("ping"))
         self.wait_for_type("pong", timeout=timeout)
-        if subscribe if subscribe is not None else (run_id is not None or since is not None):
+        if subscribe:
             self.subscribe(run_id, since, timeout=timeout)
 
     def _read(self) -> None:
