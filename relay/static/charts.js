@@ -1,0 +1,139 @@
+// The metric charts: one Plotly chart per metric, one line per series.
+//
+// New points reach a chart through one Plotly.extendTraces call per animation frame (the
+// renderer batches them); a chart is redrawn whole (Plotly.react) only when a line appears
+// or an existing point changes.
+
+import { METRICS } from "./run.js";
+
+/* global Plotly */
+
+export const SERIES_COLORS = {
+  fit: "#2563eb",
+  train: "#2563eb",
+  eval: "#ea580c",
+  val: "#ea580c",
+  "central eval": "#16a34a",
+};
+const BOUNDED = new Set(["accuracy", "precision", "recall", "f1", "auroc"]);
+// Past this many points on a line, markers only clutter it (and cost SVG nodes).
+const MARKER_LIMIT = 60;
+export const PLOT_CONFIG = {
+  displaylogo: false,
+  responsive: true,
+  modeBarButtonsToRemove: ["lasso2d", "select2d", "autoScale2d"],
+};
+
+/** The layout every chart of the page shares. */
+export function baseLayout(overrides = {}) {
+  return {
+    height: 250,
+    margin: { l: 48, r: 12, t: 36, b: 40 },
+    font: { family: "system-ui, -apple-system, Segoe UI, sans-serif", size: 12, color: "#334155" },
+    paper_bgcolor: "rgba(0,0,0,0)",
+    plot_bgcolor: "rgba(0,0,0,0)",
+    legend: { orientation: "h", x: 1, xanchor: "right", y: 1.15 },
+    hovermode: "x unified",
+    ...overrides,
+  };
+}
+
+export class MetricCharts {
+  #plots = new Map(); // metric -> Plotly graph div
+  #traceNames = new Map(); // metric -> series names in trace order
+  #markers = new Map(); // metric -> whether its lines still show markers
+
+  constructor(container) {
+    for (const metric of METRICS) {
+      const figure = document.createElement("figure");
+      figure.className = "card chart";
+      const plot = document.createElement("div");
+      plot.id = `chart-${metric}`;
+      plot.dataset.metric = metric;
+      figure.append(plot);
+      container.append(figure);
+      this.#plots.set(metric, plot);
+    }
+  }
+
+  /** Draw every chart from the model's full state (a new run, or the first frame). */
+  redrawAll(model) {
+    METRICS.forEach((metric) => this.#redraw(metric, model));
+  }
+
+  /** Apply one frame's worth of changes (from RunModel.takeChanges). */
+  update(model, changes) {
+    for (const metric of METRICS) {
+      const pending = changes.points.get(metric);
+      const names = this.#traceNames.get(metric) ?? [];
+      const newLine = pending && [...pending.keys()].some((name) => !names.includes(name));
+      if (changes.rewrite.has(metric) || newLine) {
+        this.#redraw(metric, model);
+      } else if (pending) {
+        this.#extend(metric, model, names, pending);
+      }
+    }
+  }
+
+  #extend(metric, model, names, pending) {
+    const plot = this.#plots.get(metric);
+    const update = { x: [], y: [] };
+    const indices = [];
+    for (const [name, points] of pending) {
+      indices.push(names.indexOf(name));
+      update.x.push(points.x);
+      update.y.push(points.y);
+    }
+    Plotly.extendTraces(plot, update, indices);
+    if (this.#markers.get(metric) && longestLine(model, metric) > MARKER_LIMIT) {
+      this.#markers.set(metric, false);
+      Plotly.restyle(plot, { mode: "lines" });
+    }
+  }
+
+  #redraw(metric, model) {
+    const series = model.seriesOf(metric);
+    const markers = longestLine(model, metric) <= MARKER_LIMIT;
+    this.#traceNames.set(
+      metric,
+      series.map(([name]) => name),
+    );
+    this.#markers.set(metric, markers);
+    // Copies: extendTraces grows the arrays it was given, and these belong to the model.
+    const traces = series.map(([name, line]) => ({
+      type: "scatter",
+      mode: markers ? "lines+markers" : "lines",
+      name,
+      x: line.xs.slice(),
+      y: line.ys.slice(),
+      line: { color: SERIES_COLORS[name], width: 2 },
+      marker: { size: 6 },
+      hovertemplate: "%{y:.4f}",
+    }));
+    const layout = baseLayout({
+      title: { text: metric, x: 0.02, font: { size: 14 } },
+      uirevision: model.runId, // keep the user's zoom while points arrive
+      xaxis: { title: { text: model.stepUnit }, tickformat: "d", zeroline: false },
+      yaxis: BOUNDED.has(metric) ? { range: [0, 1.02], zeroline: false } : { zeroline: false },
+      annotations: traces.length ? [] : [emptyNote("waiting for data")],
+    });
+    Plotly.react(this.#plots.get(metric), traces, layout, PLOT_CONFIG);
+  }
+}
+
+/** A centred grey note for a chart with nothing to show yet. */
+export function emptyNote(text) {
+  return {
+    text,
+    xref: "paper",
+    yref: "paper",
+    x: 0.5,
+    y: 0.5,
+    showarrow: false,
+    font: { color: "#94a3b8", size: 13 },
+  };
+}
+
+function longestLine(model, metric) {
+  return Math.max(0, ...model.seriesOf(metric).map(([, line]) => line.xs.length));
+}

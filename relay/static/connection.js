@@ -1,0 +1,118 @@
+// One WebSocket link to the relay that keeps itself alive.
+//
+// A lost link is retried with exponential backoff (and at once when the browser comes back
+// online). Browsers cannot send WebSocket pings, so the link sends an application-level
+// `ping` every few seconds; a link that has heard nothing (no pong, no data) for too long is
+// dead even if the socket looks open, and is replaced.
+
+/** The relay's WebSocket address, on the same host and port as the page. */
+export function relayUrl(location = window.location) {
+  const scheme = location.protocol === "https:" ? "wss:" : "ws:";
+  return `${scheme}//${location.host}/`;
+}
+
+/** A control message in the wire format's envelope. */
+export function control(type, data = {}) {
+  return { type, timestamp: new Date().toISOString(), data };
+}
+
+export class RelayConnection {
+  #socket = null;
+  #attempt = 0;
+  #retryTimer = null;
+  #heartbeatTimer = null;
+  #lastHeard = 0;
+
+  /**
+   * @param {string} url  ws:// address of the relay
+   * @param {object} handlers  onOpen(), onMessage(message), onState(state, retryAt)
+   *   where state is "connecting" | "open" | "reconnecting".
+   */
+  constructor(url, { onOpen, onMessage, onState }, options = {}) {
+    this.url = url;
+    this.onOpen = onOpen;
+    this.onMessage = onMessage;
+    this.onState = onState;
+    this.pingEveryMs = options.pingEveryMs ?? 5000;
+    this.deadAfterMs = options.deadAfterMs ?? 12000;
+    this.minDelayMs = options.minDelayMs ?? 250;
+    this.maxDelayMs = options.maxDelayMs ?? 5000;
+  }
+
+  start() {
+    window.addEventListener("online", () => this.#retryNow());
+    this.#connect();
+  }
+
+  get isOpen() {
+    return this.#socket?.readyState === WebSocket.OPEN;
+  }
+
+  /** Send a message now; returns false when the link is down (the caller resends on open). */
+  send(message) {
+    if (!this.isOpen) return false;
+    this.#socket.send(JSON.stringify(message));
+    return true;
+  }
+
+  #connect() {
+    this.#retryTimer = null;
+    this.onState("connecting");
+    const socket = new WebSocket(this.url);
+    this.#socket = socket;
+    socket.onopen = () => {
+      this.#attempt = 0;
+      this.#lastHeard = Date.now();
+      this.#heartbeatTimer = setInterval(() => this.#heartbeat(), this.pingEveryMs);
+      this.onState("open");
+      this.onOpen();
+    };
+    socket.onmessage = (event) => {
+      this.#lastHeard = Date.now();
+      const message = parse(event.data);
+      if (message && message.type !== "pong") this.onMessage(message);
+    };
+    // A failed or lost socket always ends with `close`, after `error` if there was one.
+    socket.onclose = () => this.#lost(socket);
+  }
+
+  #heartbeat() {
+    if (Date.now() - this.#lastHeard > this.deadAfterMs) {
+      const socket = this.#socket;
+      this.#lost(socket);
+      socket.close(); // its close event is ignored: the socket is no longer ours
+      return;
+    }
+    this.send(control("ping"));
+  }
+
+  #lost(socket) {
+    if (socket !== this.#socket) return;
+    socket.onopen = socket.onmessage = socket.onclose = null;
+    this.#socket = null;
+    clearInterval(this.#heartbeatTimer);
+    const ceiling = Math.min(this.maxDelayMs, this.minDelayMs * 2 ** this.#attempt);
+    const delay = ceiling / 2 + (Math.random() * ceiling) / 2; // jitter spreads reconnect storms
+    this.#attempt += 1;
+    this.#retryTimer = setTimeout(() => this.#connect(), delay);
+    this.onState("reconnecting", Date.now() + delay);
+  }
+
+  #retryNow() {
+    if (this.#retryTimer === null) return; // connected or already connecting
+    clearTimeout(this.#retryTimer);
+    this.#connect();
+  }
+}
+
+function parse(text) {
+  try {
+    const message = JSON.parse(text);
+    return message && typeof message === "object" && typeof message.type === "string"
+      ? message
+      : null;
+  } catch {
+    console.warn("fl-stream: ignored a frame that is not JSON:", String(text).slice(0, 80));
+    return null;
+  }
+}

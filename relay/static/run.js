@@ -1,0 +1,276 @@
+// The state of one run, rebuilt from its messages applied in seq order.
+//
+// The model only records; it never touches the page. Each change is also queued in
+// `changes`, which the renderer drains once per animation frame (see `takeChanges`).
+
+export const METRICS = ["loss", "accuracy", "precision", "recall", "f1", "auroc"];
+
+// Series names on the metric charts: federated rounds plot fit/eval, centralized epochs
+// plot train/val. round_metrics phases ("train"/"evaluate") map onto fit/eval. A round_end
+// whose eval_metrics differ from the clients' evaluate average carries the server's own
+// (centralized) evaluation of the global model: it gets a line of its own.
+const ROUND_SERIES = { train: "fit", evaluate: "eval" };
+const CENTRAL_EVAL = "central eval";
+const SERIES_ORDER = ["fit", "train", "eval", "val", CENTRAL_EVAL];
+const FINISHED = new Set(["completed", "early_stopped", "failed"]);
+
+/** A wire value as a number: "NaN"/"Infinity"/"-Infinity" via Number(); null stays null. */
+export function toNumber(value) {
+  return value === null || value === undefined ? null : Number(value);
+}
+
+/** A wire value ready to plot: finite numbers only, anything else a gap (null). */
+export function plottable(value) {
+  const number = toNumber(value);
+  return Number.isFinite(number) ? number : null;
+}
+
+/** Compare ids so that "2" sorts before "10". */
+export function naturalCompare(a, b) {
+  return String(a).localeCompare(String(b), undefined, { numeric: true });
+}
+
+/** One line of a chart: x sorted ascending, one y per x. */
+class Series {
+  xs = [];
+  ys = [];
+
+  /** Set y at x; returns "append" (new last x), "same" (no change) or "rewrite". */
+  set(x, y) {
+    const last = this.xs.length - 1;
+    if (last < 0 || x > this.xs[last]) {
+      this.xs.push(x);
+      this.ys.push(y);
+      return "append";
+    }
+    const at = this.xs.findIndex((value) => value >= x);
+    if (this.xs[at] === x) {
+      if (this.ys[at] === y) return "same"; // round_end repeating round_metrics
+      this.ys[at] = y;
+    } else {
+      this.xs.splice(at, 0, x);
+      this.ys.splice(at, 0, y);
+    }
+    return "rewrite";
+  }
+
+  /** The y at x, or undefined when x has no point. */
+  at(x) {
+    for (let i = this.xs.length - 1; i >= 0 && this.xs[i] >= x; i -= 1) {
+      if (this.xs[i] === x) return this.ys[i];
+    }
+    return undefined;
+  }
+}
+
+/** Per-client metrics of a federated run: phase -> client -> round -> entry. */
+class ClientRounds {
+  byPhase = new Map();
+  counts = new Map(); // phase -> Map(round -> clients that took part)
+  metricNames = new Map(); // phase -> Set of metric names seen
+
+  add(round, phase, clients) {
+    const table = getOrCreate(this.byPhase, phase, () => new Map());
+    const names = getOrCreate(this.metricNames, phase, () => new Set());
+    for (const client of clients) {
+      const id = String(client.client_id);
+      getOrCreate(table, id, () => new Map()).set(round, {
+        numExamples: client.num_examples,
+        metrics: client.metrics ?? {},
+        error: client.error ?? null, // a client whose reply failed
+      });
+      Object.keys(client.metrics ?? {}).forEach((name) => names.add(name));
+    }
+    this.setCount(round, phase, clients.length);
+  }
+
+  setCount(round, phase, count) {
+    getOrCreate(this.counts, phase, () => new Map()).set(round, count);
+  }
+
+  get isEmpty() {
+    return this.byPhase.size === 0 && this.counts.size === 0;
+  }
+
+  phases() {
+    return [...this.byPhase.keys()].sort();
+  }
+
+  clientIds(phase) {
+    return [...(this.byPhase.get(phase)?.keys() ?? [])].sort(naturalCompare);
+  }
+
+  rounds(phase) {
+    const rounds = new Set();
+    for (const perRound of this.byPhase.get(phase)?.values() ?? []) {
+      perRound.forEach((_, round) => rounds.add(round));
+    }
+    return [...rounds].sort((a, b) => a - b);
+  }
+
+  entry(phase, clientId, round) {
+    return this.byPhase.get(phase)?.get(clientId)?.get(round);
+  }
+}
+
+function getOrCreate(map, key, create) {
+  if (!map.has(key)) map.set(key, create());
+  return map.get(key);
+}
+
+function emptyChanges() {
+  return {
+    points: new Map(), // metric -> series name -> {x: [], y: []} appended since last frame
+    rewrite: new Set(), // metrics whose chart must be redrawn from scratch
+    clients: false,
+    summary: false,
+    finished: false,
+  };
+}
+
+export class RunModel {
+  constructor(runId) {
+    this.runId = runId;
+    this.messages = []; // every message applied, in seq order (what the downloads hold)
+    this.lastSeq = 0;
+    this.mode = null; // "federated" | "centralized", from training_mode or inferred
+    this.totalSteps = null; // rounds or epochs planned, when the run said so
+    this.numClients = null;
+    this.step = null; // latest round or epoch seen
+    this.status = "waiting";
+    this.startTime = null; // Date of the first message
+    this.lastTime = null; // Date of the latest message
+    this.stepTime = null; // Date the latest round or epoch was reported
+    this.series = new Map(); // metric -> Map(series name -> Series)
+    this.clients = new ClientRounds();
+    this.earlyStopping = null;
+    this.errors = [];
+    this.trainingEnd = null;
+    this.changes = emptyChanges();
+  }
+
+  get isFinished() {
+    return FINISHED.has(this.status);
+  }
+
+  get stepUnit() {
+    return this.mode === "centralized" ? "epoch" : "round";
+  }
+
+  /** The changes since the last call, for the renderer; resets them. */
+  takeChanges() {
+    const changes = this.changes;
+    this.changes = emptyChanges();
+    return changes;
+  }
+
+  /** Record one message of this run (already deduplicated and in seq order). */
+  apply(message) {
+    const data = message.data ?? {};
+    this.messages.push(message);
+    if (Number.isInteger(message.seq)) this.lastSeq = message.seq;
+    this.#noteTime(message.timestamp);
+    this.changes.summary = true;
+    switch (message.type) {
+      case "training_mode":
+        this.mode = data.is_federated ? "federated" : "centralized";
+        this.totalSteps = data.num_rounds > 0 ? data.num_rounds : null;
+        this.numClients = data.num_clients > 0 ? data.num_clients : null;
+        this.#markRunning();
+        break;
+      case "epoch_end":
+        this.#progress("centralized", data.epoch, null, message.timestamp);
+        this.#addMetrics(data.epoch, data.phase, data.metrics);
+        break;
+      case "round_metrics":
+        this.#progress("federated", data.round, data.total_rounds, message.timestamp);
+        // round_metrics without a phase (the original format) are the evaluation averages.
+        this.#addMetrics(data.round, ROUND_SERIES[data.phase] ?? "eval", data.metrics);
+        if (Number.isInteger(data.num_clients)) {
+          this.clients.setCount(data.round, data.phase ?? "evaluate", data.num_clients);
+          this.changes.clients = true;
+        }
+        break;
+      case "round_end":
+        this.#progress("federated", data.round, data.total_rounds, message.timestamp);
+        this.#addMetrics(data.round, "fit", data.fit_metrics);
+        this.#addMetrics(data.round, this.#evalSeriesOf(data.round, data.eval_metrics), data.eval_metrics);
+        break;
+      case "client_metrics":
+        this.#progress("federated", data.round, data.total_rounds, message.timestamp);
+        this.clients.add(data.round, data.phase, data.clients ?? []);
+        this.changes.clients = true;
+        break;
+      case "early_stopping":
+        this.earlyStopping = data;
+        if (!this.isFinished) this.status = "early_stopped";
+        break;
+      case "error":
+        this.errors.push(data);
+        if (!this.trainingEnd) this.status = "failed";
+        break;
+      case "training_end":
+        this.trainingEnd = data;
+        this.status = FINISHED.has(data.status) ? data.status : "completed";
+        this.changes.finished = true;
+        break;
+      default:
+        break; // custom messages are kept for the downloads only
+    }
+  }
+
+  /** The series of one metric chart, in a stable order (fit/train before eval/val). */
+  seriesOf(metric) {
+    const rank = (name) => SERIES_ORDER.indexOf(name) + 1 || SERIES_ORDER.length + 1;
+    const series = this.series.get(metric) ?? new Map();
+    return [...series.entries()].sort(([a], [b]) => rank(a) - rank(b));
+  }
+
+  /** "eval" when round_end repeats the clients' evaluate average (or there is none). */
+  #evalSeriesOf(round, metrics) {
+    const differs = METRICS.some((metric) => {
+      const clientEval = this.series.get(metric)?.get("eval")?.at(round);
+      const value = plottable(metrics?.[metric]);
+      return clientEval !== undefined && metric in (metrics ?? {}) && clientEval !== value;
+    });
+    return differs ? CENTRAL_EVAL : "eval";
+  }
+
+  #noteTime(timestamp) {
+    const time = new Date(timestamp);
+    if (Number.isNaN(time.getTime())) return;
+    if (!this.startTime || time < this.startTime) this.startTime = time;
+    if (!this.lastTime || time > this.lastTime) this.lastTime = time;
+  }
+
+  #markRunning() {
+    if (this.status === "waiting") this.status = "running";
+  }
+
+  #progress(mode, step, total, timestamp) {
+    this.mode ??= mode; // a run that never sent training_mode
+    this.#markRunning();
+    if (Number.isInteger(total) && total > 0) this.totalSteps = total;
+    if (Number.isInteger(step) && (this.step === null || step > this.step)) {
+      this.step = step;
+      this.stepTime = new Date(timestamp);
+    }
+  }
+
+  #addMetrics(step, seriesName, metrics) {
+    if (!metrics || !Number.isFinite(step)) return;
+    for (const metric of METRICS) {
+      if (!(metric in metrics)) continue;
+      const y = plottable(metrics[metric]);
+      const perMetric = getOrCreate(this.series, metric, () => new Map());
+      const series = getOrCreate(perMetric, seriesName, () => new Series());
+      const change = series.set(step, y);
+      if (change === "rewrite") this.changes.rewrite.add(metric);
+      if (change !== "append") continue;
+      const pending = getOrCreate(this.changes.points, metric, () => new Map());
+      const points = getOrCreate(pending, seriesName, () => ({ x: [], y: [] }));
+      points.x.push(step);
+      points.y.push(y);
+    }
+  }
+}
