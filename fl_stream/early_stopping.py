@@ -9,13 +9,13 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 
+from fl_stream.metrics import METRIC_NAMES
+
 __all__ = ["EarlyStopping", "MODES", "default_mode", "monitorable_metrics"]
 
 MODES = ("min", "max")
 
-# The phases an epoch reports and the metrics each one carries (``classification_metrics``).
-PHASES = ("train", "val")
-METRIC_NAMES = ("loss", "accuracy", "precision", "recall", "f1", "auroc")
+PHASES = ("train", "val")  # the phases each epoch reports
 
 
 def monitorable_metrics() -> tuple[str, ...]:

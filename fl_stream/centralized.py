@@ -1,0 +1,243 @@
+"""Centralized (non-federated) training that streams per-epoch metrics to the relay.
+
+One model trains on the whole training split and is validated on the validation split after
+every epoch, with the same data, model and training loops as the federated app. Each run
+sends, under its own run id: ``training_mode`` at the start, ``epoch_end`` for phase
+``train`` and ``val`` after every epoch, ``early_stopping`` when the early-stopping callback
+stops training, and ``training_end`` (or ``error``, after which the exception propagates).
+
+Run it with ``fl-stream train-centralized`` or ``python -m fl_stream.centralized``.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from fl_stream.data import load_splits
+from fl_stream.early_stopping import EarlyStopping
+from fl_stream.model import build_model
+from fl_stream.runlog import default_log_path
+from fl_stream.sender import MetricsWebSocketSender
+from fl_stream.task import evaluate, pick_device, train_epoch
+
+__all__ = ["CentralizedConfig", "CentralizedResult", "CentralizedTrainer", "new_run_id"]
+
+DEFAULT_RELAY_URL = "ws://127.0.0.1:8765"
+RUNS_DIR = Path("runs")
+EVAL_BATCH_SIZE = 256  # evaluation keeps no gradients, so larger batches are cheap
+
+
+def new_run_id() -> str:
+    """Return a fresh run id: ``central-<UTC timestamp>-<8 hex digits>``."""
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    return f"central-{stamp}-{uuid.uuid4().hex[:8]}"
+
+
+@dataclass(frozen=True)
+class CentralizedConfig:
+    """Everything one centralized run needs; defaults give a small run on the synthetic set.
+
+    ``relay_url`` ``""`` writes the run log only. ``log_path`` (JSONL copy of every message)
+    defaults to the sender's ``runs/<run_id>.jsonl`` and ``save_path`` (best weights) to
+    ``runs/<run_id>/best_model.pt``. ``patience`` 0 turns stopping off;
+    ``early_stopping_metric`` then still picks the best epoch.
+    """
+
+    epochs: int = 3
+    batch_size: int = 32
+    learning_rate: float = 0.01
+    data_path: str | None = None
+    image_size: int = 28
+    model: str = "resnet18"
+    seed: int = 0
+    early_stopping_metric: str = "val_loss"
+    patience: int = 3
+    min_delta: float = 0.0
+    mode: str | None = None
+    relay_url: str = DEFAULT_RELAY_URL
+    relay_token: str | None = None
+    log_path: str | None = None
+    save_path: str | None = None
+    run_id: str | None = None
+    progress: bool = False  # a progress bar (stderr) and a summary line (stdout) per epoch
+
+    def __post_init__(self) -> None:
+        if self.epochs < 1:
+            raise ValueError(f"epochs must be at least 1, got {self.epochs}")
+        if self.batch_size < 2:
+            raise ValueError(
+                f"batch size must be at least 2 (BatchNorm needs two examples), got {self.batch_size}"
+            )
+        if self.seed < 0:
+            raise ValueError(f"seed must be an integer >= 0, got {self.seed}")
+        if not self.learning_rate >= 0:  # also refuses NaN
+            raise ValueError(f"learning rate must be a number >= 0, got {self.learning_rate}")
+        if self.relay_url and not self.relay_url.startswith(("ws://", "wss://")):
+            raise ValueError(
+                f"relay URL must start with ws:// or wss:// (or be empty for the log only), "
+                f"got {self.relay_url!r}"
+            )
+
+
+@dataclass(frozen=True)
+class CentralizedResult:
+    """How a run ended: what ``training_end`` reported, and where its files are.
+
+    ``final_metrics`` holds the best epoch's validation metrics (``val_*``) and the best
+    model's metrics on the test split (``test_*``).
+    """
+
+    run_id: str
+    status: str
+    best_epoch: int | None
+    epochs_run: int
+    final_metrics: dict[str, float]
+    save_path: Path
+    log_path: Path
+
+
+class CentralizedTrainer:
+    """Train one model on the training split and stream its progress under one run id.
+
+    Construction checks the configuration, loads the data and builds the model, so a bad
+    option fails before any message is sent; :meth:`run` trains and streams.
+
+    Raises:
+        ValueError: an option is out of range (including the early-stopping settings,
+            an unknown model, or data that does not have the expected layout).
+        FileNotFoundError: ``data_path`` does not exist.
+    """
+
+    def __init__(self, config: CentralizedConfig) -> None:
+        self.config = config
+        self.run_id = config.run_id or new_run_id()
+        # The sender's own default; its sender id only names logs of runs without an id.
+        self.log_path = Path(config.log_path or default_log_path(self.run_id, sender_id=""))
+        self.save_path = Path(config.save_path or RUNS_DIR / self.run_id / "best_model.pt")
+        self.early_stopping = EarlyStopping(
+            config.early_stopping_metric,
+            patience=config.patience,
+            min_delta=config.min_delta,
+            mode=config.mode,
+        )
+        self.splits = load_splits(config.data_path, config.image_size, config.seed)
+        torch.manual_seed(config.seed)
+        self.model = build_model(config.model)
+        self.device = pick_device()
+        self._started = False
+
+    def run(self) -> CentralizedResult:
+        """Train, validate every epoch, stream each step; return how the run ended.
+
+        The best epoch's weights are written to ``save_path`` as soon as that epoch ends.
+        Monitoring never stops training: with the relay down, every message still reaches
+        the JSONL log at ``log_path``.
+
+        Raises:
+            RuntimeError: this trainer already ran (each run needs its own trainer and run id).
+            Exception: whatever training raised, after an ``error`` message was sent.
+        """
+        if self._started:
+            raise RuntimeError(f"run {self.run_id} already ran; build a new trainer for another run")
+        self._started = True
+        self.save_path.parent.mkdir(parents=True, exist_ok=True)
+        with MetricsWebSocketSender(
+            self.config.relay_url or None,
+            run_id=self.run_id,
+            token=self.config.relay_token,
+            log_path=self.log_path,
+        ) as sender:
+            sender.send_training_mode(is_federated=False, num_rounds=0, num_clients=0)
+            try:
+                result = self._train(sender)
+            except BaseException as exc:  # an interrupted run is worth reporting too
+                sender.send_error(str(exc) or repr(exc), type(exc).__name__)
+                raise
+            sender.send_training_end(
+                self.run_id,
+                {
+                    "status": result.status,
+                    "best_epoch": result.best_epoch,
+                    "final_metrics": result.final_metrics,
+                },
+            )
+        return result
+
+    def _train(self, sender: MetricsWebSocketSender) -> CentralizedResult:
+        config, stopper = self.config, self.early_stopping
+        shuffle = torch.Generator().manual_seed(config.seed)
+        train_loader = DataLoader(
+            self.splits.train, batch_size=config.batch_size, shuffle=True, generator=shuffle
+        )
+        val_loader = DataLoader(self.splits.val, batch_size=EVAL_BATCH_SIZE)
+        # The federated clients' optimizer, so centralized and federated curves compare.
+        optimizer = torch.optim.SGD(self.model.parameters(), lr=config.learning_rate, momentum=0.9)
+        best_val: dict[str, float] = {}
+        status, epoch = "completed", 0
+        for epoch in range(1, config.epochs + 1):
+            batches = tqdm(
+                train_loader, desc=f"epoch {epoch}/{config.epochs}", unit="batch",
+                disable=not config.progress,
+            )
+            train_metrics = train_epoch(self.model, batches, optimizer, self.device)
+            val_metrics = evaluate(self.model, val_loader, self.device)
+            sender.send_epoch_end(epoch, "train", train_metrics)
+            sender.send_epoch_end(epoch, "val", val_metrics)
+            monitored = _prefixed("train", train_metrics) | _prefixed("val", val_metrics)
+            if config.progress:
+                tqdm.write(f"epoch {epoch}: " + _summary(monitored, ("train_loss", "val_loss", stopper.metric)))
+            stop = stopper.update(epoch, monitored)
+            if stopper.best_epoch == epoch:
+                best_val = val_metrics
+                _save_atomically(self.model.state_dict(), self.save_path)
+            if stop:
+                status = "early_stopped"
+                sender.send_early_stopping_triggered(
+                    epoch, stopper.best_value, stopper.metric, stopper.patience, reason=stopper.reason
+                )
+                break
+        if stopper.best_epoch is None:  # the monitored metric was NaN every epoch
+            best_val = val_metrics
+            _save_atomically(self.model.state_dict(), self.save_path)
+        self.model.load_state_dict(torch.load(self.save_path, map_location=self.device))
+        test_loader = DataLoader(self.splits.test, batch_size=EVAL_BATCH_SIZE)
+        test_metrics = evaluate(self.model, test_loader, self.device)
+        return CentralizedResult(
+            run_id=self.run_id,
+            status=status,
+            best_epoch=stopper.best_epoch,
+            epochs_run=epoch,
+            final_metrics=_prefixed("val", best_val) | _prefixed("test", test_metrics),
+            save_path=self.save_path,
+            log_path=self.log_path,
+        )
+
+
+def _prefixed(phase: str, metrics: dict[str, float]) -> dict[str, float]:
+    return {f"{phase}_{name}": value for name, value in metrics.items()}
+
+
+def _summary(metrics: dict[str, float], names: tuple[str, ...]) -> str:
+    return ", ".join(f"{name} {metrics[name]:.4f}" for name in dict.fromkeys(names))
+
+
+def _save_atomically(state_dict: dict[str, torch.Tensor], path: Path) -> None:
+    """Write ``state_dict`` so that a crash mid-write never leaves a truncated file."""
+    partial = path.with_name(path.name + ".partial")
+    torch.save(state_dict, partial)
+    os.replace(partial, path)
+
+
+if __name__ == "__main__":
+    from fl_stream.cli import main
+
+    raise SystemExit(main(["train-centralized", *sys.argv[1:]]))
