@@ -84,7 +84,17 @@ class Relay:
         self.port = free_port()
         if kind == "ours":
             db = workdir / "relay.db"
-            command = [sys.executable, "-m", "relay", "--port", str(self.port), "--db", str(db), "--log-level", "WARNING"]
+            command = [
+                sys.executable,
+                "-m",
+                "relay",
+                "--port",
+                str(self.port),
+                "--db",
+                str(db),
+                "--log-level",
+                "WARNING",
+            ]
         else:
             command = [sys.executable, __file__, "--serve-naive", str(self.port)]
         self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL)
@@ -139,7 +149,8 @@ class CountingDashboard(asyncio.Protocol):
         key = base64.b64encode(os.urandom(16)).decode()
         transport.write(  # type: ignore[attr-defined]
             f"GET {self.path} HTTP/1.1\r\nHost: 127.0.0.1:{self.port}\r\nUpgrade: websocket\r\n"
-            f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n".encode()
+            f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
+            "Sec-WebSocket-Version: 13\r\n\r\n".encode()
         )
 
     def data_received(self, data: bytes) -> None:
@@ -177,11 +188,15 @@ class CountingDashboard(asyncio.Protocol):
         del buffer[:start]
 
 
-async def open_dashboards(port: int, count: int, timed: bool, path: str = "/") -> list[CountingDashboard]:
+async def open_dashboards(
+    port: int, count: int, timed: bool, path: str = "/"
+) -> list[CountingDashboard]:
     loop = asyncio.get_running_loop()
     dashboards = []
     for _ in range(count):
-        _, dashboard = await loop.create_connection(lambda: CountingDashboard(port, path, timed), "127.0.0.1", port)
+        _, dashboard = await loop.create_connection(
+            lambda: CountingDashboard(port, path, timed), "127.0.0.1", port
+        )
         await dashboard.upgraded
         dashboards.append(dashboard)
     await asyncio.sleep(0.2)  # let the relay register every handler before publishing
@@ -193,14 +208,27 @@ async def open_dashboards(port: int, count: int, timed: bool, path: str = "/") -
 
 def frame(run_id: str, index: int) -> str:
     """An epoch_end-like message of ~300 bytes, with its send time."""
-    metrics = {"loss": 0.3141, "accuracy": 0.9123, "precision": 0.8812, "recall": 0.9431, "f1": 0.9111, "auroc": 0.9642}
+    metrics = {
+        "loss": 0.3141,
+        "accuracy": 0.9123,
+        "precision": 0.8812,
+        "recall": 0.9431,
+        "f1": 0.9111,
+        "auroc": 0.9642,
+    }
     return json.dumps(
         {
             "type": "epoch_end",
             "timestamp": "2026-01-01T00:00:00.000000+00:00",
             "run_id": run_id,
             "msg_id": f"{run_id}-{index}",
-            "data": {"epoch": index, "phase": "val", "metrics": metrics, "sent": time.perf_counter(), "pad": PAD},
+            "data": {
+                "epoch": index,
+                "phase": "val",
+                "metrics": metrics,
+                "sent": time.perf_counter(),
+                "pad": PAD,
+            },
         },
         separators=(",", ":"),
     )
@@ -212,7 +240,9 @@ async def drain_replies(publisher: ClientConnection) -> None:
         pass
 
 
-async def wait_delivered(dashboards: list[CountingDashboard], expected: int, deadline: float) -> None:
+async def wait_delivered(
+    dashboards: list[CountingDashboard], expected: int, deadline: float
+) -> None:
     while any(d.count < expected for d in dashboards) and time.perf_counter() < deadline:
         await asyncio.sleep(0.005)
 
@@ -222,7 +252,9 @@ async def flood(relay: Relay, subscribers: int, messages: int) -> dict[str, floa
     run_id = f"flood-{subscribers}"
     frames = [frame(run_id, i) for i in range(messages)]
     cpu = relay.cpu_seconds()
-    async with connect(f"ws://127.0.0.1:{relay.port}", compression=None, max_queue=None) as publisher:
+    async with connect(
+        f"ws://127.0.0.1:{relay.port}", compression=None, max_queue=None
+    ) as publisher:
         reader = asyncio.create_task(drain_replies(publisher))
         start = time.perf_counter()
         for text in frames:
@@ -233,13 +265,20 @@ async def flood(relay: Relay, subscribers: int, messages: int) -> dict[str, floa
     delivered = sum(d.count for d in dashboards)
     cpu = relay.cpu_seconds() - cpu
     close_all(dashboards)
-    return {"deliveries_per_s": delivered / elapsed, "delivered": delivered, "seconds": elapsed, "relay_cpu_s": cpu}
+    return {
+        "deliveries_per_s": delivered / elapsed,
+        "delivered": delivered,
+        "seconds": elapsed,
+        "relay_cpu_s": cpu,
+    }
 
 
 async def paced(relay: Relay, subscribers: int, rate: float, seconds: float) -> dict[str, float]:
     dashboards = await open_dashboards(relay.port, subscribers, timed=True)
     total = int(rate * seconds)
-    async with connect(f"ws://127.0.0.1:{relay.port}", compression=None, max_queue=None) as publisher:
+    async with connect(
+        f"ws://127.0.0.1:{relay.port}", compression=None, max_queue=None
+    ) as publisher:
         reader = asyncio.create_task(drain_replies(publisher))
         cpu, start = relay.cpu_seconds(), time.perf_counter()
         for index in range(total):
@@ -262,7 +301,9 @@ async def paced(relay: Relay, subscribers: int, rate: float, seconds: float) -> 
 
 async def replay(relay: Relay, messages: int) -> dict[str, float]:
     run_id = "replay"
-    async with connect(f"ws://127.0.0.1:{relay.port}", compression=None, max_queue=None) as publisher:
+    async with connect(
+        f"ws://127.0.0.1:{relay.port}", compression=None, max_queue=None
+    ) as publisher:
         for index in range(messages):
             await publisher.send(frame(run_id, index))
         acks = 0
@@ -270,7 +311,15 @@ async def replay(relay: Relay, messages: int) -> dict[str, float]:
             acks += json.loads(await publisher.recv())["type"] == "ack"
     start = time.perf_counter()
     async with connect(f"ws://127.0.0.1:{relay.port}/?subscribe", compression=None) as dashboard:
-        await dashboard.send(json.dumps({"type": "subscribe", "timestamp": "2026-01-01T00:00:00Z", "data": {"run_id": run_id, "since": 0}}))
+        await dashboard.send(
+            json.dumps(
+                {
+                    "type": "subscribe",
+                    "timestamp": "2026-01-01T00:00:00Z",
+                    "data": {"run_id": run_id, "since": 0},
+                }
+            )
+        )
         received = 0
         while received < messages:
             received += json.loads(await dashboard.recv())["type"] == "epoch_end"
@@ -297,7 +346,8 @@ async def measure(kind: str, args: argparse.Namespace, workdir: Path) -> dict[st
         results: dict[str, Any] = {}
         for subscribers in (1, 10, 100):
             results[f"flood_{subscribers}"] = await flood(relay, subscribers, args.messages)
-            print(f"  {kind} flood {subscribers:>3}: {results[f'flood_{subscribers}']['deliveries_per_s']:,.0f} deliveries/s", file=sys.stderr)
+            rate = results[f"flood_{subscribers}"]["deliveries_per_s"]
+            print(f"  {kind} flood {subscribers:>3}: {rate:,.0f} deliveries/s", file=sys.stderr)
         results["paced_100"] = await paced(relay, 100, args.rate, args.paced_seconds)
         if kind == "ours":
             results["replay"] = await replay(relay, args.replay_messages)
@@ -312,16 +362,40 @@ def report(ours: dict[str, Any], naive: dict[str, Any], args: argparse.Namespace
     for subscribers in (1, 10, 100):
         key = f"flood_{subscribers}"
         a, b = naive[key]["deliveries_per_s"], ours[key]["deliveries_per_s"]
-        rows.append((f"flood {args.messages} msgs -> {subscribers} dashboards (deliveries/s)", f"{a:,.0f}", f"{b:,.0f}", f"{b / a:.2f}"))
+        rows.append(
+            (
+                f"flood {args.messages} msgs -> {subscribers} dashboards (deliveries/s)",
+                f"{a:,.0f}",
+                f"{b:,.0f}",
+                f"{b / a:.2f}",
+            )
+        )
     for metric, unit in (("p50_ms", "ms"), ("p99_ms", "ms"), ("relay_cpu_percent", "%")):
         a, b = naive["paced_100"][metric], ours["paced_100"][metric]
-        rows.append((f"paced {args.rate:.0f} msg/s -> 100 dashboards: {metric}", f"{a:.1f} {unit}", f"{b:.1f} {unit}", ""))
-    rows.append((f"replay {args.replay_messages} stored msgs to a new dashboard", "n/a", f"{ours['replay']['seconds']:.3f} s", ""))
+        rows.append(
+            (
+                f"paced {args.rate:.0f} msg/s -> 100 dashboards: {metric}",
+                f"{a:.1f} {unit}",
+                f"{b:.1f} {unit}",
+                "",
+            )
+        )
+    rows.append(
+        (
+            f"replay {args.replay_messages} stored msgs to a new dashboard",
+            "n/a",
+            f"{ours['replay']['seconds']:.3f} s",
+            "",
+        )
+    )
     widths = [max(len(row[i]) for row in rows) for i in range(4)]
     for row in rows:
-        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)))
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)))
     stats = ours["stats"]
-    print(f"ours: evicted {stats['evicted']}, rejected {stats['rejected']}; naive keeps no history and has no cap")
+    print(
+        f"ours: evicted {stats['evicted']}, rejected {stats['rejected']}; "
+        "naive keeps no history and has no cap"
+    )
     return {
         "ours_flood_1": round(ours["flood_1"]["deliveries_per_s"]),
         "ours_flood_10": round(ours["flood_10"]["deliveries_per_s"]),
@@ -329,7 +403,9 @@ def report(ours: dict[str, Any], naive: dict[str, Any], args: argparse.Namespace
         "naive_flood_1": round(naive["flood_1"]["deliveries_per_s"]),
         "naive_flood_10": round(naive["flood_10"]["deliveries_per_s"]),
         "naive_flood_100": round(naive["flood_100"]["deliveries_per_s"]),
-        "ratio_flood_100": round(ours["flood_100"]["deliveries_per_s"] / naive["flood_100"]["deliveries_per_s"], 3),
+        "ratio_flood_100": round(
+            ours["flood_100"]["deliveries_per_s"] / naive["flood_100"]["deliveries_per_s"], 3
+        ),
         "p50_ms_paced_100": round(ours["paced_100"]["p50_ms"], 2),
         "p99_ms_paced_100": round(ours["paced_100"]["p99_ms"], 2),
         "naive_p99_ms_paced_100": round(naive["paced_100"]["p99_ms"], 2),
@@ -344,10 +420,16 @@ def report(ours: dict[str, Any], naive: dict[str, Any], args: argparse.Namespace
 
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--messages", type=int, default=20_000, help="flood size (default: %(default)s)")
-    parser.add_argument("--rate", type=float, default=200.0, help="paced msg/s (default: %(default)s)")
+    parser.add_argument(
+        "--messages", type=int, default=20_000, help="flood size (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--rate", type=float, default=200.0, help="paced msg/s (default: %(default)s)"
+    )
     parser.add_argument("--paced-seconds", type=float, default=5.0, help="(default: %(default)s)")
-    parser.add_argument("--replay-messages", type=int, default=10_000, help="(default: %(default)s)")
+    parser.add_argument(
+        "--replay-messages", type=int, default=10_000, help="(default: %(default)s)"
+    )
     parser.add_argument("--serve-naive", type=int, metavar="PORT", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.serve_naive is not None:

@@ -31,7 +31,9 @@ class RelayConfig:
 
     def __repr__(self) -> str:  # the token never reaches a log line
         token = "set" if self.token else None
-        return f"RelayConfig(host={self.host!r}, port={self.port}, db={str(self.db)!r}, token={token})"
+        return (
+            f"RelayConfig(host={self.host!r}, port={self.port}, db={str(self.db)!r}, token={token})"
+        )
 
 
 def _positive_int(text: str) -> int:
@@ -56,8 +58,12 @@ def parse_args(argv: Sequence[str] | None = None) -> RelayConfig:
         description="WebSocket relay: validates, numbers, stores and fans out training metrics "
         "to dashboards; serves the dashboard and a small run API on the same port.",
     )
-    parser.add_argument("--host", default="127.0.0.1", help="interface to listen on (default: %(default)s)")
-    parser.add_argument("--port", type=_port, default=8765, help="port, 0 for any free one (default: %(default)s)")
+    parser.add_argument(
+        "--host", default="127.0.0.1", help="interface to listen on (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--port", type=_port, default=8765, help="port, 0 for any free one (default: %(default)s)"
+    )
     parser.add_argument(
         "--db",
         type=Path,

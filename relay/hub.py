@@ -102,7 +102,9 @@ class Hub:
 
     # ----------------------------------------------------------------------- connections
 
-    async def handle(self, websocket: ServerConnection, can_publish: bool, subscriber: bool) -> None:
+    async def handle(
+        self, websocket: ServerConnection, can_publish: bool, subscriber: bool
+    ) -> None:
         """Serve one connection until it closes.
 
         Args:
@@ -139,6 +141,9 @@ class Hub:
             subscribers.discard(websocket)
 
     async def _on_frame(self, websocket: ServerConnection, frame: str | bytes) -> None:
+        client = self._clients.get(websocket)
+        if client is None:  # evicted: its closing handshake is under way
+            return
         if isinstance(frame, bytes):
             self._reject(websocket, "binary frames are not accepted; send JSON as text", None)
             return
@@ -149,15 +154,15 @@ class Hub:
             return
         kind = message["type"]
         if kind == "subscribe":
-            await self._subscribe(websocket, message["data"])
+            await self._subscribe(websocket, client, message["data"])
         elif kind == "unsubscribe":
-            self._unsubscribe(websocket, message["data"].get("run_id"))
+            self._unsubscribe(websocket, client, message["data"].get("run_id"))
         elif kind == "ping":
             self._reply(websocket, _control("pong", {}))
         elif kind in CONTROL_TYPES:
             reason = f"type: {kind!r} is sent by the relay, not to it"
             self._reject(websocket, reason, message.get("msg_id"))
-        elif not self._clients[websocket].can_publish:
+        elif not client.can_publish:
             reason = (
                 "unauthorised: this relay needs 'Authorization: Bearer <token>' to publish; "
                 "this connection is read-only"
@@ -261,8 +266,9 @@ class Hub:
 
     # ----------------------------------------------------------------------- subscribers
 
-    async def _subscribe(self, websocket: ServerConnection, data: dict[str, Any]) -> None:
-        client = self._clients[websocket]
+    async def _subscribe(
+        self, websocket: ServerConnection, client: _Client, data: dict[str, Any]
+    ) -> None:
         run_id, since = data.get("run_id"), data.get("since")
         if not client.subscribed:  # from now on it receives only what it subscribed to
             client.subscribed = True
@@ -295,8 +301,9 @@ class Hub:
             except ConnectionClosed:
                 return False
 
-    def _unsubscribe(self, websocket: ServerConnection, run_id: str | None) -> None:
-        client = self._clients[websocket]
+    def _unsubscribe(
+        self, websocket: ServerConnection, client: _Client, run_id: str | None
+    ) -> None:
         client.subscribed = True
         client.runs.discard(run_id)
         if run_id is None:

@@ -70,7 +70,9 @@ class Gate:
             return True
         scheme, _, presented = headers.get("Authorization", "").partition(" ")
         # compare_digest: the time taken does not reveal how much of the token matched.
-        return scheme.lower() == "bearer" and hmac.compare_digest(presented.strip().encode(), self._token)
+        return scheme.lower() == "bearer" and hmac.compare_digest(
+            presented.strip().encode(), self._token
+        )
 
 
 def open_store(config: RelayConfig) -> MessageStore:
@@ -78,7 +80,9 @@ def open_store(config: RelayConfig) -> MessageStore:
     try:
         return MessageStore(config.db)
     except (OSError, sqlite3.Error) as exc:
-        raise RelayStartError(f"cannot open database {config.db}: {exc}; pass a writable --db path") from None
+        raise RelayStartError(
+            f"cannot open database {config.db}: {exc}; pass a writable --db path"
+        ) from None
 
 
 async def run_relay(config: RelayConfig) -> None:
@@ -94,7 +98,11 @@ async def run_relay(config: RelayConfig) -> None:
         gate = Gate(config.token, set(config.allowed_origins))
         server = await _listen(config, hub, routes, gate)
         port = server.sockets[0].getsockname()[1]
-        gate.allowed_origins |= {f"http://127.0.0.1:{port}", f"http://localhost:{port}", f"http://{config.host}:{port}"}
+        gate.allowed_origins |= {
+            f"http://127.0.0.1:{port}",
+            f"http://localhost:{port}",
+            f"http://{config.host}:{port}",
+        }
         print(
             f"fl-stream relay ready: ws://{config.host}:{port}  "
             f"dashboard http://{config.host}:{port}/  (db {config.db})",

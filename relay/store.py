@@ -157,13 +157,9 @@ class MessageStore:
         last cursor back as ``after`` (0 at first) to read the next page.
         """
         if run_id is None:
-            query = (
-                "SELECT id, body FROM messages WHERE id > ? AND seq > ? ORDER BY id LIMIT ?"
-            )
+            query = "SELECT id, body FROM messages WHERE id > ? AND seq > ? ORDER BY id LIMIT ?"
             return self._db.execute(query, (after, since, limit)).fetchall()
-        query = (
-            "SELECT seq, body FROM messages WHERE run_id = ? AND seq > ? ORDER BY seq LIMIT ?"
-        )
+        query = "SELECT seq, body FROM messages WHERE run_id = ? AND seq > ? ORDER BY seq LIMIT ?"
         return self._db.execute(query, (run_id, max(after, since), limit)).fetchall()
 
     def run_bodies(self, run_id: str, since: int = 0) -> list[str]:

@@ -31,7 +31,10 @@ RelayFactory = Callable[..., RelayProcess]
 
 @pytest.fixture
 def relay_factory(tmp_path: Path) -> Iterator[RelayFactory]:
-    """Start relays with options: ``relay_factory(token="t", args=["--max-buffer-bytes", "1000"])``."""
+    """Start relays with options, e.g. ``relay_factory(token="t", args=["--log-level", "DEBUG"])``.
+
+    Options are those of :class:`tests.support.RelayProcess`: ``token``, ``args``, ``env``.
+    """
     started: list[RelayProcess] = []
 
     def start(**options: object) -> RelayProcess:

@@ -253,13 +253,17 @@ class ListeningClient:
         """Send a message (a dict is JSON-encoded, a str goes as it is)."""
         self.connection.send(message if isinstance(message, str) else json.dumps(message))
 
-    def subscribe(self, run_id: str | None, since: int | None = None, timeout: float = WAIT_TIMEOUT) -> list[Message]:
+    def subscribe(
+        self, run_id: str | None, since: int | None = None, timeout: float = WAIT_TIMEOUT
+    ) -> list[Message]:
         """Subscribe and wait for the ``replay_end`` that confirms it; return all messages."""
         ends_before = len(self.of_type("replay_end"))
         self.send(control("subscribe", run_id=run_id, since=since))
         return self.wait_for(lambda msgs: len(_of_type(msgs, "replay_end")) > ends_before, timeout)
 
-    def wait_for(self, predicate: Callable[[list[Message]], bool], timeout: float = WAIT_TIMEOUT) -> list[Message]:
+    def wait_for(
+        self, predicate: Callable[[list[Message]], bool], timeout: float = WAIT_TIMEOUT
+    ) -> list[Message]:
         """Wait until ``predicate(messages)`` is true; return a copy of the messages.
 
         Raises:
@@ -280,7 +284,9 @@ class ListeningClient:
                 self._changed.wait(remaining)
             return list(self.messages)
 
-    def wait_for_type(self, message_type: str, count: int = 1, timeout: float = WAIT_TIMEOUT) -> list[Message]:
+    def wait_for_type(
+        self, message_type: str, count: int = 1, timeout: float = WAIT_TIMEOUT
+    ) -> list[Message]:
         """Wait until ``count`` messages of ``message_type`` arrived; return those."""
         self.wait_for(lambda msgs: len(_of_type(msgs, message_type)) >= count, timeout)
         return self.of_type(message_type)

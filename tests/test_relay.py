@@ -31,7 +31,14 @@ from tests.support import (
 )
 
 TIMESTAMP = "2026-01-01T00:00:00+00:00"
-METRICS = {"loss": 0.5, "accuracy": 0.8, "precision": 0.7, "recall": 0.9, "f1": 0.79, "auroc": "NaN"}
+METRICS = {
+    "loss": 0.5,
+    "accuracy": 0.8,
+    "precision": 0.7,
+    "recall": 0.9,
+    "f1": 0.79,
+    "auroc": "NaN",
+}
 
 
 def epoch_end(run_id: str, epoch: int, msg_id: str | None = None) -> dict[str, Any]:
@@ -41,11 +48,7 @@ def epoch_end(run_id: str, epoch: int, msg_id: str | None = None) -> dict[str, A
 
 def seqs(messages: list[dict[str, Any]], run_id: str | None = None) -> list[int]:
     """The seq of every data message (of ``run_id``, when given), in arrival order."""
-    return [
-        m["seq"]
-        for m in messages
-        if "seq" in m and (run_id is None or m["run_id"] == run_id)
-    ]
+    return [m["seq"] for m in messages if "seq" in m and (run_id is None or m["run_id"] == run_id)]
 
 
 @pytest.fixture(scope="module")
@@ -60,7 +63,11 @@ def shared_relay(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RelayProc
 
 
 def test_original_design_every_other_client_receives_what_one_sends(relay: RelayProcess) -> None:
-    original = {"type": "epoch_end", "timestamp": TIMESTAMP, "data": {"epoch": 1, "phase": "train", "metrics": METRICS}}
+    original = {
+        "type": "epoch_end",
+        "timestamp": TIMESTAMP,
+        "data": {"epoch": 1, "phase": "train", "metrics": METRICS},
+    }
     with ListeningClient(relay.ws_url) as sender, ListeningClient(relay.ws_url) as listener:
         sender.send(original)
         received = listener.wait_for_type("epoch_end")
@@ -86,10 +93,17 @@ def test_subscriptions_select_runs_and_deliver_once(relay: RelayProcess) -> None
         publish(relay.ws_url, [epoch_end("a", 2)])
         a_and_all.wait_for(lambda msgs: len(seqs(msgs)) == 4)
     assert [(m["run_id"], m["seq"]) for m in only_a.data_messages()] == [("a", 1)]
-    assert [(m["run_id"], m["seq"]) for m in a_and_all.data_messages()] == [("b", 1), ("a", 1), ("b", 2), ("a", 2)]
+    assert [(m["run_id"], m["seq"]) for m in a_and_all.data_messages()] == [
+        ("b", 1),
+        ("a", 1),
+        ("b", 2),
+        ("a", 2),
+    ]
 
 
-def test_resent_message_is_acked_again_with_its_seq_and_not_broadcast_again(relay: RelayProcess) -> None:
+def test_resent_message_is_acked_again_with_its_seq_and_not_broadcast_again(
+    relay: RelayProcess,
+) -> None:
     with ListeningClient(relay.ws_url) as listener:
         first = epoch_end("run", 1, msg_id="m-1")
         replies = publish(relay.ws_url, [first, epoch_end("run", 2, msg_id="m-2"), first])
@@ -103,32 +117,58 @@ def test_resent_message_is_acked_again_with_its_seq_and_not_broadcast_again(rela
 
 # --------------------------------------------------------------------------- bad input
 
+
+def bad(message_type: Any = "custom", data: Any = None, **fields: Any) -> str:
+    """A message with its run_id placeholder, its fields changed; a field set to ... is left out."""
+    message = {"type": message_type, "timestamp": TIMESTAMP, "data": data or {}, "run_id": "{run}"}
+    message.update(fields)
+    return json.dumps({key: value for key, value in message.items() if value is not ...})
+
+
+VAL = {"epoch": 1, "phase": "val"}
+# (case, frame, words of the error). The case name is also the run_id of its messages.
 BAD_INPUTS: list[tuple[str, str | bytes, str]] = [
-    ("not json", "{this is not json", "not valid JSON"),
+    ("not-json", "{this is not json", "not valid JSON"),
     ("array", "[1, 2, 3]", "expected a JSON object, got an array"),
     ("string", '"epoch_end"', "expected a JSON object, got a string"),
-    ("no type", json.dumps({"timestamp": TIMESTAMP, "data": {}, "run_id": "{run}"}), "type: missing"),
-    ("no timestamp", json.dumps({"type": "custom", "data": {}, "run_id": "{run}"}), "timestamp: missing"),
-    ("no data", json.dumps({"type": "custom", "timestamp": TIMESTAMP, "run_id": "{run}"}), "data: missing"),
-    ("numeric type", json.dumps({"type": 7, "timestamp": TIMESTAMP, "data": {}, "run_id": "{run}"}), "type: expected a non-empty string"),
-    ("bad timestamp", json.dumps({"type": "custom", "timestamp": "yesterday", "data": {}, "run_id": "{run}"}), "is not ISO-8601"),
-    ("data not object", json.dumps({"type": "custom", "timestamp": TIMESTAMP, "data": [1], "run_id": "{run}"}), "data: expected a JSON object"),
-    ("run_id not text", json.dumps({"type": "custom", "timestamp": TIMESTAMP, "data": {}, "run_id": 42}), "run_id: expected a string"),
-    ("metrics missing", json.dumps({"type": "epoch_end", "timestamp": TIMESTAMP, "data": {"epoch": 1, "phase": "val"}, "run_id": "{run}"}), "data.metrics: missing"),
-    ("unknown phase", json.dumps({"type": "epoch_end", "timestamp": TIMESTAMP, "data": {"epoch": 1, "phase": "test", "metrics": {}}, "run_id": "{run}"}), "data.phase"),
-    ("metric is text", json.dumps({"type": "epoch_end", "timestamp": TIMESTAMP, "data": {"epoch": 1, "phase": "val", "metrics": {"loss": "low"}}, "run_id": "{run}"}), "data.metrics"),
-    ("negative clients", json.dumps({"type": "training_mode", "timestamp": TIMESTAMP, "data": {"is_federated": True, "num_rounds": 3, "num_clients": -1}, "run_id": "{run}"}), "data.num_clients"),
-    ("bad run status", json.dumps({"type": "training_end", "timestamp": TIMESTAMP, "data": {"run_id": "{run}", "status": "done", "final_metrics": {}}, "run_id": "{run}"}), "data.status"),
-    ("NaN literal", '{"type": "custom", "timestamp": "%s", "data": {"x": NaN}, "run_id": "{run}"}' % TIMESTAMP, '"NaN"'),
-    ("control type", json.dumps({"type": "ack", "timestamp": TIMESTAMP, "data": {"run_id": "{run}", "seq": 1}, "run_id": "{run}"}), "sent by the relay"),
-    ("binary frame", json.dumps({"type": "custom", "timestamp": TIMESTAMP, "data": {}, "run_id": "{run}"}).encode(), "binary frames"),
+    ("no-type", bad(type=...), "type: missing"),
+    ("no-timestamp", bad(timestamp=...), "timestamp: missing"),
+    ("no-data", bad(data=...), "data: missing"),
+    ("numeric-type", bad(7), "type: expected a non-empty string"),
+    ("bad-timestamp", bad(timestamp="yesterday"), "is not ISO-8601"),
+    ("data-not-object", bad(data=[1]), "data: expected a JSON object"),
+    ("run_id-not-text", bad(run_id=42), "run_id: expected a string"),
+    ("metrics-missing", bad("epoch_end", VAL), "data.metrics: missing"),
+    ("unknown-phase", bad("epoch_end", {**VAL, "phase": "test", "metrics": {}}), "data.phase"),
+    ("metric-is-text", bad("epoch_end", {**VAL, "metrics": {"loss": "low"}}), "data.metrics"),
+    (
+        "negative-clients",
+        bad("training_mode", {"is_federated": True, "num_rounds": 3, "num_clients": -1}),
+        "data.num_clients",
+    ),
+    (
+        "bad-run-status",
+        bad("training_end", {"run_id": "r", "status": "done", "final_metrics": {}}),
+        "data.status",
+    ),
+    ("NaN-literal", bad(data={"x": 1}).replace('{"x": 1}', '{"x": NaN}'), '"NaN"'),
+    ("control-type", bad("ack", {"run_id": "r", "seq": 1}), "sent by the relay"),
+    ("binary-frame", bad().encode(), "binary frames"),
 ]
 
 
-@pytest.mark.parametrize(("frame", "error"), [case[1:] for case in BAD_INPUTS], ids=[case[0] for case in BAD_INPUTS])
-def test_bad_input_is_refused_and_changes_nothing(shared_relay: RelayProcess, frame: str | bytes, error: str, request: pytest.FixtureRequest) -> None:
+@pytest.mark.parametrize(
+    ("frame", "error"), [c[1:] for c in BAD_INPUTS], ids=[c[0] for c in BAD_INPUTS]
+)
+def test_bad_input_is_refused_and_changes_nothing(
+    shared_relay: RelayProcess, frame: str | bytes, error: str, request: pytest.FixtureRequest
+) -> None:
     run = request.node.callspec.id
-    bad = frame.replace("{run}", run) if isinstance(frame, str) else frame.replace(b"{run}", run.encode())
+    bad = (
+        frame.replace("{run}", run)
+        if isinstance(frame, str)
+        else frame.replace(b"{run}", run.encode())
+    )
     good = epoch_end(run, 1)
     with ListeningClient(shared_relay.ws_url, run_id=None, since=None, subscribe=True) as dashboard:
         replies = publish(shared_relay.ws_url, [bad, good])
@@ -181,7 +221,11 @@ def test_token_can_come_from_the_environment(relay_factory: Any) -> None:
 
 def test_browser_origins_outside_the_allow_list_are_refused(relay_factory: Any) -> None:
     relay = relay_factory(args=["--allowed-origin", "http://dashboards.example:8080"])
-    for origin in (f"http://127.0.0.1:{relay.port}", f"http://localhost:{relay.port}", "http://dashboards.example:8080"):
+    for origin in (
+        f"http://127.0.0.1:{relay.port}",
+        f"http://localhost:{relay.port}",
+        "http://dashboards.example:8080",
+    ):
         ListeningClient(relay.ws_url, headers={"Origin": origin}).close()
     with pytest.raises(InvalidStatus) as refused:
         ListeningClient(relay.ws_url, headers={"Origin": "http://evil.example"})
@@ -191,7 +235,9 @@ def test_browser_origins_outside_the_allow_list_are_refused(relay_factory: Any) 
 # --------------------------------------------------------------------------- replay and persistence
 
 
-def test_dashboard_reconnecting_with_since_misses_nothing_and_gets_no_duplicate(relay: RelayProcess) -> None:
+def test_dashboard_reconnecting_with_since_misses_nothing_and_gets_no_duplicate(
+    relay: RelayProcess,
+) -> None:
     publish(relay.ws_url, [epoch_end("run", e) for e in range(1, 6)])
     with ListeningClient(relay.ws_url, run_id="run", since=0) as first:
         seen = seqs(first.messages)
@@ -199,7 +245,9 @@ def test_dashboard_reconnecting_with_since_misses_nothing_and_gets_no_duplicate(
 
     # While it is away, and while it reconnects, the run keeps publishing.
     total = 300
-    publisher = threading.Thread(target=publish, args=(relay.ws_url, [epoch_end("run", e) for e in range(6, total + 1)]))
+    publisher = threading.Thread(
+        target=publish, args=(relay.ws_url, [epoch_end("run", e) for e in range(6, total + 1)])
+    )
     publisher.start()
     with ListeningClient(relay.ws_url, run_id="run", since=seen[-1]) as again:
         publisher.join()
@@ -208,7 +256,9 @@ def test_dashboard_reconnecting_with_since_misses_nothing_and_gets_no_duplicate(
 
 
 def test_subscribing_to_all_runs_since_replays_in_storage_order(relay: RelayProcess) -> None:
-    publish(relay.ws_url, [epoch_end("a", 1), epoch_end("b", 1), epoch_end("a", 2), epoch_end("b", 2)])
+    publish(
+        relay.ws_url, [epoch_end("a", 1), epoch_end("b", 1), epoch_end("a", 2), epoch_end("b", 2)]
+    )
     with ListeningClient(relay.ws_url, run_id=None, since=1) as late:
         messages = late.messages
     assert [(m["run_id"], m["seq"]) for m in messages if "seq" in m] == [("a", 2), ("b", 2)]
@@ -244,18 +294,24 @@ def stalled_subscriber(port: int) -> socket.socket:
     key = base64.b64encode(os.urandom(16)).decode()
     sock.sendall(
         f"GET / HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\n"
-        f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n".encode()
+        f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
+        "Sec-WebSocket-Version: 13\r\n\r\n".encode()
     )
     assert sock.recv(12) == b"HTTP/1.1 101"
     return sock
 
 
-def test_stalled_subscriber_is_evicted_while_a_healthy_one_keeps_receiving(relay: RelayProcess) -> None:
+def test_stalled_subscriber_is_evicted_while_a_healthy_one_keeps_receiving(
+    relay: RelayProcess,
+) -> None:
     pad = "x" * 30_000
     sent = 0
     with stalled_subscriber(relay.port), ListeningClient(relay.ws_url) as healthy:
         for _ in range(100):  # bounded: eviction comes after ~5 MB at the 1 MiB default cap
-            publish(relay.ws_url, [make_message("custom", {"pad": pad}, run_id="big") for _ in range(10)])
+            publish(
+                relay.ws_url,
+                [make_message("custom", {"pad": pad}, run_id="big") for _ in range(10)],
+            )
             sent += 10
             if get_json(f"{relay.http_url}/stats")["evicted"]:
                 break
@@ -282,9 +338,41 @@ def run_of(run_id: str, mode: str | None, end: dict[str, Any] | None) -> list[di
 
 def test_api_runs_summarises_each_run_newest_first(relay: RelayProcess) -> None:
     final = {"loss": 0.2, "accuracy": 0.9}
-    publish(relay.ws_url, run_of("fed", "federated", {"type": "training_end", "run_id": "fed", "status": "completed", "final_metrics": final, "best_round": 2}))
-    publish(relay.ws_url, run_of("central", "centralized", {"type": "training_end", "run_id": "central", "status": "early_stopped", "final_metrics": final}))
-    publish(relay.ws_url, run_of("broken", "centralized", {"type": "error", "error": "CUDA out of memory", "error_type": "RuntimeError"}))
+    publish(
+        relay.ws_url,
+        run_of(
+            "fed",
+            "federated",
+            {
+                "type": "training_end",
+                "run_id": "fed",
+                "status": "completed",
+                "final_metrics": final,
+                "best_round": 2,
+            },
+        ),
+    )
+    publish(
+        relay.ws_url,
+        run_of(
+            "central",
+            "centralized",
+            {
+                "type": "training_end",
+                "run_id": "central",
+                "status": "early_stopped",
+                "final_metrics": final,
+            },
+        ),
+    )
+    publish(
+        relay.ws_url,
+        run_of(
+            "broken",
+            "centralized",
+            {"type": "error", "error": "CUDA out of memory", "error_type": "RuntimeError"},
+        ),
+    )
     publish(relay.ws_url, run_of("live", None, None))
     runs = get_json(f"{relay.http_url}/api/runs")["runs"]
     assert [(r["run_id"], r["mode"], r["status"], r["message_count"]) for r in runs] == [
@@ -298,7 +386,11 @@ def test_api_runs_summarises_each_run_newest_first(relay: RelayProcess) -> None:
     body = get_json(f"{relay.http_url}/api/runs/fed/metrics")
     assert body["final_metrics"] == final
     assert body["training_end"]["best_round"] == 2
-    assert [(m["type"], m["seq"]) for m in body["messages"]] == [("training_mode", 1), ("epoch_end", 2), ("training_end", 3)]
+    assert [(m["type"], m["seq"]) for m in body["messages"]] == [
+        ("training_mode", 1),
+        ("epoch_end", 2),
+        ("training_end", 3),
+    ]
     later = get_json(f"{relay.http_url}/api/runs/fed/metrics?since=2")["messages"]
     assert [m["seq"] for m in later] == [3]
 
@@ -320,7 +412,9 @@ def test_api_runs_summarises_each_run_newest_first(relay: RelayProcess) -> None:
         ("/no/such/path", 404, "application/json; charset=utf-8"),
     ],
 )
-def test_http_endpoint(shared_relay: RelayProcess, path: str, status: int, content_type: str) -> None:
+def test_http_endpoint(
+    shared_relay: RelayProcess, path: str, status: int, content_type: str
+) -> None:
     code, headers, body = http_get(shared_relay.http_url + path)
     assert code == status
     assert headers.get_all("Content-Type") == [content_type]  # exactly one header
@@ -338,7 +432,12 @@ def test_healthz_stats_and_favicon(relay: RelayProcess) -> None:
         publish(relay.ws_url, [epoch_end("run", 1), "junk"])
         stats = get_json(f"{relay.http_url}/stats")
     assert stats["connections"] == 1  # the listener; the publisher has gone
-    assert (stats["messages_in"], stats["messages_out"], stats["rejected"], stats["evicted"]) == (1, 1, 1, 0)
+    assert (stats["messages_in"], stats["messages_out"], stats["rejected"], stats["evicted"]) == (
+        1,
+        1,
+        1,
+        0,
+    )
 
 
 # --------------------------------------------------------------------------- process life
@@ -351,7 +450,19 @@ def test_sigterm_closes_clients_with_1001_and_keeps_the_data(relay: RelayProcess
     assert dashboard.wait_closed() == 1001
     dashboard.close()
     relay.start()
-    assert [m["seq"] for m in get_json(f"{relay.http_url}/api/runs/run/metrics")["messages"]] == [1, 2, 3]
+    assert [m["seq"] for m in get_json(f"{relay.http_url}/api/runs/run/metrics")["messages"]] == [
+        1,
+        2,
+        3,
+    ]
+
+
+def test_sigterm_does_not_wait_for_a_stalled_client(relay: RelayProcess) -> None:
+    with stalled_subscriber(relay.port):
+        pad = "x" * 30_000  # ~600 KB waiting for it: stuck, yet under the eviction cap
+        publish(relay.ws_url, [make_message("custom", {"pad": pad}) for _ in range(20)])
+        assert get_json(f"{relay.http_url}/stats")["evicted"] == 0
+        assert relay.stop(signal.SIGTERM) == 0  # not killed after stop()'s bounded wait
 
 
 def run_relay_cli(*args: str) -> subprocess.CompletedProcess[str]:
