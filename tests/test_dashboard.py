@@ -20,6 +20,7 @@ import math
 import os
 import random
 import shutil
+import signal
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -39,6 +40,27 @@ METRICS = ("loss", "accuracy", "precision", "recall", "f1", "auroc")
 LIVE_WITHIN_MS = 1_000
 # Reconnecting and replaying after an outage; generous for a loaded 2-core machine.
 RECOVER_WITHIN_MS = 10_000
+# Counts the page's Plotly draw calls: wraps them as the bundle assigns window.Plotly.
+COUNT_DRAWS = """
+(() => {
+  let plotly;
+  window.plotlyDraws = { react: 0, extendTraces: 0 };
+  Object.defineProperty(window, "Plotly", {
+    configurable: true,
+    get: () => plotly,
+    set(value) {
+      for (const name of Object.keys(window.plotlyDraws)) {
+        const draw = value[name];
+        value[name] = function (...args) {
+          window.plotlyDraws[name] += 1;
+          return draw.apply(this, args);
+        };
+      }
+      plotly = value;
+    },
+  });
+})();
+"""
 Message = dict[str, Any]
 
 
@@ -311,6 +333,41 @@ def test_page_resumes_from_its_last_seq_after_a_relay_restart(
         assert charts[metric]["val"]["x"] == list(range(1, 10)), metric
     held = json.loads(dashboard.download("#download-json"))
     assert [message["seq"] for message in held] == list(range(1, 19))  # no gap, no duplicate
+
+
+def test_heartbeat_replaces_a_link_that_went_silent(dashboard: Dashboard, relay: RelayProcess) -> None:
+    publish_all(relay, centralized_epochs("silent", 1, 1))
+    dashboard.open("?heartbeat=0.3")  # ping every 0.3 s: silent for 0.75 s means dead
+    dashboard.wait_for_seq(2)
+
+    # A frozen relay keeps the TCP connection open: only the heartbeat can tell it is dead.
+    assert relay.pid is not None
+    os.kill(relay.pid, signal.SIGSTOP)
+    try:
+        dashboard.wait("document.body.dataset.connection !== 'open'", RECOVER_WITHIN_MS)
+    finally:
+        os.kill(relay.pid, signal.SIGCONT)
+    dashboard.wait("document.body.dataset.connection === 'open'", RECOVER_WITHIN_MS)
+    publish_all(relay, centralized_epochs("silent", 2, 2))
+    dashboard.wait_for_seq(4, LIVE_WITHIN_MS)
+    assert dashboard.charts()["loss"]["train"]["x"] == [1, 2]
+
+
+def test_10000_points_are_drawn_in_batches(dashboard: Dashboard, relay: RelayProcess) -> None:
+    publish_all(relay, centralized_epochs("big", 1, 5000))  # 10,000 messages
+    dashboard.page.add_init_script(COUNT_DRAWS)
+    dashboard.open()
+    dashboard.wait_for_seq(10_000, 30_000)
+    # The replay is drawn once, when it ends: no chart grows one message at a time.
+    assert dashboard.page.evaluate("window.plotlyDraws.extendTraces") == 0
+
+    publish_all(relay, centralized_epochs("big", 5001, 5500))  # 1,000 live messages
+    dashboard.wait_for_seq(11_000, RECOVER_WITHIN_MS)
+    extends_per_chart = dashboard.page.evaluate("window.plotlyDraws.extendTraces") / len(METRICS)
+    assert extends_per_chart <= 100, "expected batches of many messages, not a draw per message"
+    charts = dashboard.charts()
+    assert all(len(charts[metric][phase]["x"]) == 5500 for metric in METRICS for phase in ("train", "val"))
+    assert dashboard.errors == []
 
 
 def test_a_new_run_is_followed_and_listed(dashboard: Dashboard, relay: RelayProcess) -> None:

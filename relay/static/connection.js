@@ -5,10 +5,13 @@
 // `ping` every few seconds; a link that has heard nothing (no pong, no data) for too long is
 // dead even if the socket looks open, and is replaced.
 
-/** The relay's WebSocket address, on the same host and port as the page. */
+/**
+ * The relay's WebSocket address, on the same host and port as the page. `?subscribe` asks
+ * the relay to send nothing until the page says what it wants.
+ */
 export function relayUrl(location = window.location) {
   const scheme = location.protocol === "https:" ? "wss:" : "ws:";
-  return `${scheme}//${location.host}/`;
+  return `${scheme}//${location.host}/?subscribe`;
 }
 
 /** A control message in the wire format's envelope. */
@@ -21,12 +24,15 @@ export class RelayConnection {
   #attempt = 0;
   #retryTimer = null;
   #heartbeatTimer = null;
+  #openTimer = null;
   #lastHeard = 0;
 
   /**
    * @param {string} url  ws:// address of the relay
    * @param {object} handlers  onOpen(), onMessage(message), onState(state, retryAt)
    *   where state is "connecting" | "open" | "reconnecting".
+   * @param {object} options  pingEveryMs (5 s), deadAfterMs (silence that means a dead
+   *   link, 2.5 pings), minDelayMs / maxDelayMs (reconnect backoff, 0.25 s doubling to 5 s).
    */
   constructor(url, { onOpen, onMessage, onState }, options = {}) {
     this.url = url;
@@ -34,7 +40,7 @@ export class RelayConnection {
     this.onMessage = onMessage;
     this.onState = onState;
     this.pingEveryMs = options.pingEveryMs ?? 5000;
-    this.deadAfterMs = options.deadAfterMs ?? 12000;
+    this.deadAfterMs = options.deadAfterMs ?? 2.5 * this.pingEveryMs;
     this.minDelayMs = options.minDelayMs ?? 250;
     this.maxDelayMs = options.maxDelayMs ?? 5000;
   }
@@ -60,7 +66,10 @@ export class RelayConnection {
     this.onState("connecting");
     const socket = new WebSocket(this.url);
     this.#socket = socket;
+    // A relay that accepts TCP but never answers the handshake would leave us hanging.
+    this.#openTimer = setTimeout(() => this.#drop(socket), this.deadAfterMs);
     socket.onopen = () => {
+      clearTimeout(this.#openTimer);
       this.#attempt = 0;
       this.#lastHeard = Date.now();
       this.#heartbeatTimer = setInterval(() => this.#heartbeat(), this.pingEveryMs);
@@ -77,19 +86,21 @@ export class RelayConnection {
   }
 
   #heartbeat() {
-    if (Date.now() - this.#lastHeard > this.deadAfterMs) {
-      const socket = this.#socket;
-      this.#lost(socket);
-      socket.close(); // its close event is ignored: the socket is no longer ours
-      return;
-    }
-    this.send(control("ping"));
+    if (Date.now() - this.#lastHeard > this.deadAfterMs) this.#drop(this.#socket);
+    else this.send(control("ping"));
+  }
+
+  /** Give up on a socket that looks alive but is not, and reconnect. */
+  #drop(socket) {
+    this.#lost(socket);
+    socket.close(); // its close event is ignored: the socket is no longer ours
   }
 
   #lost(socket) {
     if (socket !== this.#socket) return;
     socket.onopen = socket.onmessage = socket.onclose = null;
     this.#socket = null;
+    clearTimeout(this.#openTimer);
     clearInterval(this.#heartbeatTimer);
     const ceiling = Math.min(this.maxDelayMs, this.minDelayMs * 2 ** this.#attempt);
     const delay = ceiling / 2 + (Math.random() * ceiling) / 2; // jitter spreads reconnect storms

@@ -1,6 +1,10 @@
 // The dashboard: picks a run, keeps its messages complete and in order, and redraws the page
 // at most once per animation frame.
 //
+// Charts are the costly part: a catch-up replay is drawn once, when it ends, and live
+// points are drawn in batches (Plotly.extendTraces) spaced so that drawing never takes more
+// than a third of the page's time, however many points the charts hold.
+//
 // The page subscribes to every run live (to notice new runs) and to the shown run with
 // `since` = the last seq it holds, so a late or reconnecting page first receives what it
 // missed, then live messages. Messages of the shown run are applied strictly in seq order:
@@ -24,21 +28,28 @@ class Dashboard {
   #waiting = new Map(); // seq -> message of the shown run that arrived ahead of its turn
   #replaying = false; // a subscribe with `since` is being answered
   #frame = 0;
+  #chartsFreeAt = 0; // performance.now() before which the charts are not drawn again
+  #later = null; // the timer that draws the charts once they are free
+  #summarised = -1; // messages count the summary shows
   #refreshing = null;
   #refreshAgain = false;
+  #retryAt = null;
 
   constructor() {
-    this.#pinnedRunId = new URLSearchParams(window.location.search).get("run");
+    const params = new URLSearchParams(window.location.search);
+    this.#pinnedRunId = params.get("run");
+    // ?heartbeat=<seconds>: how often to check the link (a silent link dies after 2.5 of them).
+    const heartbeat = Number(params.get("heartbeat"));
     this.charts = new MetricCharts(document.getElementById("metric-charts"));
     this.clients = new ClientView(document.getElementById("clients"));
     this.connection = new RelayConnection(relayUrl(), {
       onOpen: () => this.#onOpen(),
       onMessage: (message) => this.#onMessage(message),
       onState: (state, retryAt) => {
-        this.retryAt = retryAt;
+        this.#retryAt = retryAt;
         view.showConnection(state, retryAt);
       },
-    });
+    }, heartbeat > 0 ? { pingEveryMs: heartbeat * 1000 } : {});
     document.getElementById("run-picker").addEventListener("change", (event) => {
       this.#pin(event.target.value || null);
     });
@@ -117,7 +128,7 @@ class Dashboard {
     const rest = [...this.#waiting.values()].sort((a, b) => a.seq - b.seq);
     this.#waiting.clear();
     rest.forEach((message) => this.#model.apply(message));
-    this.#schedule();
+    this.#drawAll();
   }
 
   // ----------------------------------------------------------------------- runs
@@ -144,11 +155,9 @@ class Dashboard {
     if (this.#model) this.connection.send(control("unsubscribe", { run_id: this.#model.runId }));
     this.#model = new RunModel(runId);
     this.#waiting.clear();
-    this.charts.redrawAll(this.#model);
     this.clients.reset();
     view.hideFinal();
-    view.showSummary(this.#model);
-    view.showBanners(this.#model);
+    this.#drawAll();
     document.getElementById("empty-state").hidden = true;
     this.#subscribe();
     this.#showRuns();
@@ -199,17 +208,51 @@ class Dashboard {
     if (!this.#frame) this.#frame = requestAnimationFrame(() => this.#render());
   }
 
+  /** One frame: the summary always; the charts unless a replay is on or they drew recently. */
   #render() {
     this.#frame = 0;
     const model = this.#model;
-    const changes = model.takeChanges();
-    this.charts.update(model, changes);
-    if (changes.clients) this.clients.update(model);
-    if (changes.summary) {
+    if (model.messages.length !== this.#summarised) {
+      this.#summarised = model.messages.length;
       view.showSummary(model);
       view.showBanners(model);
     }
+    if (this.#replaying) return; // drawn whole by #drawAll when the replay ends
+    const wait = this.#chartsFreeAt - performance.now();
+    if (wait > 0) {
+      this.#later ??= setTimeout(() => {
+        this.#later = null;
+        this.#schedule();
+      }, wait);
+      return;
+    }
+    const started = performance.now();
+    const changes = model.takeChanges();
+    this.charts.update(model, changes);
+    if (changes.clients) this.clients.update(model);
     if (changes.finished) this.#showFinal(model);
+    this.#drawn(model, started);
+  }
+
+  /** Draw the whole run at once (after a replay: one Plotly.react per chart). */
+  #drawAll() {
+    const model = this.#model;
+    const started = performance.now();
+    model.takeChanges(); // all of it is drawn below
+    this.charts.redrawAll(model);
+    this.clients.update(model);
+    view.showSummary(model);
+    view.showBanners(model);
+    this.#summarised = model.messages.length;
+    if (model.trainingEnd) this.#showFinal(model);
+    this.#drawn(model, started);
+  }
+
+  #drawn(model, started) {
+    const now = performance.now();
+    this.#chartsFreeAt = now + 2 * (now - started);
+    // For tests and scripts: the last seq that is on the charts.
+    document.body.dataset.lastSeq = String(model.lastSeq);
   }
 
   async #showFinal(model) {
@@ -228,7 +271,7 @@ class Dashboard {
   #tick() {
     if (this.#model && !this.#model.isFinished) view.showSummary(this.#model);
     if (document.body.dataset.connection === "reconnecting") {
-      view.showConnection("reconnecting", this.retryAt);
+      view.showConnection("reconnecting", this.#retryAt);
     }
   }
 }

@@ -53,7 +53,6 @@ export function showRuns(runs, shownRunId, pinnedRunId) {
 /** Mode, status, progress, elapsed time and time left of the shown run. */
 export function showSummary(model, now = Date.now()) {
   document.body.dataset.runId = model.runId;
-  document.body.dataset.lastSeq = String(model.lastSeq);
   document.body.dataset.status = model.status;
   $("run-title").textContent = model.runId;
   $("mode").textContent = model.mode ?? "—";
