@@ -17,7 +17,7 @@ import asyncio
 import json
 import logging
 import sqlite3
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Any
 
 from websockets.asyncio.server import ServerConnection, broadcast
@@ -65,7 +65,6 @@ class _Client:
     can_publish: bool
     # False until its first subscribe: until then it receives every live message.
     subscribed: bool = False
-    runs: set[str | None] = field(default_factory=set)  # None: all runs
 
 
 @dataclass
@@ -137,8 +136,8 @@ class Hub:
             return
         self.stats.connections -= 1
         self._every_run.discard(websocket)
-        for subscribers in self._by_run.values():
-            subscribers.discard(websocket)
+        for run_id in [r for r, subscribers in self._by_run.items() if websocket in subscribers]:
+            self._leave_run(websocket, run_id)
 
     async def _on_frame(self, websocket: ServerConnection, frame: str | bytes) -> None:
         client = self._clients.get(websocket)
@@ -156,7 +155,7 @@ class Hub:
         if kind == "subscribe":
             await self._subscribe(websocket, client, message["data"])
         elif kind == "unsubscribe":
-            self._unsubscribe(websocket, client, message["data"].get("run_id"))
+            self._unsubscribe(websocket, message["data"].get("run_id"))
         elif kind == "ping":
             self._reply(websocket, _control("pong", {}))
         elif kind in CONTROL_TYPES:
@@ -273,10 +272,13 @@ class Hub:
         if not client.subscribed:  # from now on it receives only what it subscribed to
             client.subscribed = True
             self._every_run.discard(websocket)
-        if since is not None and not await self._replay(websocket, run_id, since):
-            return
-        # No await between the replay's last (empty) page and here: nothing is missed.
-        client.runs.add(run_id)
+        if since is not None:
+            await self._replay(websocket, run_id, since)
+            if websocket not in self._clients:  # it went away or was evicted meanwhile
+                return
+        # No await since the last flush (and the replay's last, empty page): every message
+        # up to last_seq was sent to it or is stored for it; every later one comes live.
+        self.flush()
         if run_id is None:
             self._every_run.add(websocket)
         else:
@@ -284,14 +286,14 @@ class Hub:
         last_seq = None if run_id is None else self.store.last_seq(run_id)
         self._send(websocket, _control("replay_end", {"run_id": run_id, "last_seq": last_seq}))
 
-    async def _replay(self, websocket: ServerConnection, run_id: str | None, since: int) -> bool:
-        """Send the stored messages after ``since``; False if the connection went away."""
+    async def _replay(self, websocket: ServerConnection, run_id: str | None, since: int) -> None:
+        """Send the stored messages after ``since``, a page at a time, until none are left."""
         after = 0
         while True:
             self.flush()  # every inserted message is committed and broadcast: none pending
             page = self.store.replay_page(run_id, since, after, REPLAY_PAGE)
             if not page:
-                return True
+                return
             after = page[-1][0]
             for _, body in page[:-1]:
                 broadcast((websocket,), body)
@@ -299,17 +301,20 @@ class Hub:
             try:
                 await websocket.send(page[-1][1])  # waits until the socket drains
             except ConnectionClosed:
-                return False
+                return
 
-    def _unsubscribe(
-        self, websocket: ServerConnection, client: _Client, run_id: str | None
-    ) -> None:
-        client.subscribed = True
-        client.runs.discard(run_id)
-        if run_id is None:
+    def _unsubscribe(self, websocket: ServerConnection, run_id: str | None) -> None:
+        if run_id is None:  # also ends the receive-everything of a never-subscribed one
             self._every_run.discard(websocket)
-        elif run_id in self._by_run:
-            self._by_run[run_id].discard(websocket)
+        else:
+            self._leave_run(websocket, run_id)
+
+    def _leave_run(self, websocket: ServerConnection, run_id: str) -> None:
+        subscribers = self._by_run.get(run_id)
+        if subscribers is not None:
+            subscribers.discard(websocket)
+            if not subscribers:  # finished runs do not cost the fan-out a lookup
+                del self._by_run[run_id]
 
     def summary(self) -> dict[str, Any]:
         """Return the counters served on ``/stats``."""
