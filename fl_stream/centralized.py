@@ -75,7 +75,8 @@ class CentralizedConfig:
             raise ValueError(f"epochs must be at least 1, got {self.epochs}")
         if self.batch_size < 2:
             raise ValueError(
-                f"batch size must be at least 2 (BatchNorm needs two examples), got {self.batch_size}"
+                "batch size must be at least 2 (BatchNorm needs two examples), "
+                f"got {self.batch_size}"
             )
         if self.seed < 0:
             raise ValueError(f"seed must be an integer >= 0, got {self.seed}")
@@ -147,7 +148,9 @@ class CentralizedTrainer:
             Exception: whatever training raised, after an ``error`` message was sent.
         """
         if self._started:
-            raise RuntimeError(f"run {self.run_id} already ran; build a new trainer for another run")
+            raise RuntimeError(
+                f"run {self.run_id} already ran; build a new trainer for another run"
+            )
         self._started = True
         self.save_path.parent.mkdir(parents=True, exist_ok=True)
         with MetricsWebSocketSender(
@@ -185,7 +188,9 @@ class CentralizedTrainer:
         status, epoch = "completed", 0
         for epoch in range(1, config.epochs + 1):
             batches = tqdm(
-                train_loader, desc=f"epoch {epoch}/{config.epochs}", unit="batch",
+                train_loader,
+                desc=f"epoch {epoch}/{config.epochs}",
+                unit="batch",
                 disable=not config.progress,
             )
             train_metrics = train_epoch(self.model, batches, optimizer, self.device)
@@ -194,7 +199,10 @@ class CentralizedTrainer:
             sender.send_epoch_end(epoch, "val", val_metrics)
             monitored = _prefixed("train", train_metrics) | _prefixed("val", val_metrics)
             if config.progress:
-                tqdm.write(f"epoch {epoch}: " + _summary(monitored, ("train_loss", "val_loss", stopper.metric)))
+                tqdm.write(
+                    f"epoch {epoch}: "
+                    + _summary(monitored, ("train_loss", "val_loss", stopper.metric))
+                )
             stop = stopper.update(epoch, monitored)
             if stopper.best_epoch == epoch:
                 best_val = val_metrics
@@ -202,7 +210,11 @@ class CentralizedTrainer:
             if stop:
                 status = "early_stopped"
                 sender.send_early_stopping_triggered(
-                    epoch, stopper.best_value, stopper.metric, stopper.patience, reason=stopper.reason
+                    epoch,
+                    stopper.best_value,
+                    stopper.metric,
+                    stopper.patience,
+                    reason=stopper.reason,
                 )
                 break
         if stopper.best_epoch is None:  # the monitored metric was NaN every epoch

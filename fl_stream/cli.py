@@ -56,15 +56,32 @@ def _add_train_centralized(commands: argparse._SubParsersAction) -> None:
         default=defaults.data_path,
         help="PneumoniaMNIST .npz file or chest_xray folder; omit for the built-in synthetic set",
     )
-    data.add_argument("--image-size", type=int, default=defaults.image_size, help="image side in pixels (default: %(default)s)")
-    data.add_argument("--model", choices=MODELS, default=defaults.model, help="default: %(default)s")
-    data.add_argument("--seed", type=int, default=defaults.seed, help="seed for data, weights and shuffling (default: %(default)s)")
+    data.add_argument(
+        "--image-size",
+        type=int,
+        default=defaults.image_size,
+        help="image side in pixels (default: %(default)s)",
+    )
+    data.add_argument(
+        "--model", choices=MODELS, default=defaults.model, help="default: %(default)s"
+    )
+    data.add_argument(
+        "--seed",
+        type=int,
+        default=defaults.seed,
+        help="seed for data, weights and shuffling (default: %(default)s)",
+    )
 
     optim = train.add_argument_group("training")
     optim.add_argument("--epochs", type=int, default=defaults.epochs, help="default: %(default)s")
-    optim.add_argument("--batch-size", type=int, default=defaults.batch_size, help="default: %(default)s")
     optim.add_argument(
-        "--learning-rate", type=float, default=defaults.learning_rate, help="SGD step size, momentum 0.9 (default: %(default)s)"
+        "--batch-size", type=int, default=defaults.batch_size, help="default: %(default)s"
+    )
+    optim.add_argument(
+        "--learning-rate",
+        type=float,
+        default=defaults.learning_rate,
+        help="SGD step size, momentum 0.9 (default: %(default)s)",
     )
 
     stopping = train.add_argument_group("early stopping and best epoch")
@@ -85,25 +102,41 @@ def _add_train_centralized(commands: argparse._SubParsersAction) -> None:
         help="epochs without improvement before stopping; 0 never stops (default: %(default)s)",
     )
     stopping.add_argument(
-        "--min-delta", type=float, default=defaults.min_delta, help="smallest change that counts as an improvement (default: %(default)s)"
+        "--min-delta",
+        type=float,
+        default=defaults.min_delta,
+        help="smallest change that counts as an improvement (default: %(default)s)",
     )
     stopping.add_argument(
-        "--mode", choices=MODES, default=defaults.mode, help="default: min for a loss, max otherwise"
+        "--mode",
+        choices=MODES,
+        default=defaults.mode,
+        help="default: min for a loss, max otherwise",
     )
 
     output = train.add_argument_group("monitoring and output")
-    output.add_argument("--relay-url", default=defaults.relay_url, help='relay WebSocket address; "" for the log only (default: %(default)s)')
+    output.add_argument(
+        "--relay-url",
+        default=defaults.relay_url,
+        help='relay WebSocket address; "" for the log only (default: %(default)s)',
+    )
     output.add_argument(
         "--relay-token",
         help=f"publisher token, if the relay requires one (default: ${TOKEN_ENV})",
     )
     output.add_argument(
-        "--log-path", default=defaults.log_path, help="JSONL copy of every message (default: runs/<run id>.jsonl)"
+        "--log-path",
+        default=defaults.log_path,
+        help="JSONL copy of every message (default: runs/<run id>.jsonl)",
     )
     output.add_argument(
-        "--save-path", default=defaults.save_path, help="best weights, a torch state_dict (default: runs/<run id>/best_model.pt)"
+        "--save-path",
+        default=defaults.save_path,
+        help="best weights, a torch state_dict (default: runs/<run id>/best_model.pt)",
     )
-    output.add_argument("--no-progress", action="store_true", help="hide the per-epoch progress bar")
+    output.add_argument(
+        "--no-progress", action="store_true", help="hide the per-epoch progress bar"
+    )
     train.set_defaults(handler=partial(_train_centralized, parser=train))
 
 
@@ -132,7 +165,8 @@ def _train_centralized(args: argparse.Namespace, parser: argparse.ArgumentParser
     except (ValueError, FileNotFoundError) as exc:
         parser.error(str(exc))  # exits with status 2
     print(f"run id: {trainer.run_id}", flush=True)
-    print(f"streaming to {args.relay_url}; messages also logged to {trainer.log_path}", flush=True)
+    target = f"streaming to {args.relay_url}" if args.relay_url else "no relay"
+    print(f"{target}; every message is logged to {trainer.log_path}", flush=True)
     try:
         result = trainer.run()
     except KeyboardInterrupt:

@@ -60,12 +60,16 @@ class EarlyStopping:
             )
         if isinstance(patience, bool) or not isinstance(patience, int) or patience < 0:
             raise ValueError(f"patience must be an integer >= 0 (0 never stops), got {patience!r}")
-        if isinstance(min_delta, bool) or not isinstance(min_delta, (int, float)) or not (
-            math.isfinite(min_delta) and min_delta >= 0
+        if (
+            isinstance(min_delta, bool)
+            or not isinstance(min_delta, (int, float))
+            or not (math.isfinite(min_delta) and min_delta >= 0)
         ):
             raise ValueError(f"min_delta must be a finite number >= 0, got {min_delta!r}")
         if mode is not None and mode not in MODES:
-            raise ValueError(f"mode must be 'min' or 'max' (or None to pick by metric), got {mode!r}")
+            raise ValueError(
+                f"mode must be 'min' or 'max' (or None to pick by metric), got {mode!r}"
+            )
         self.metric = metric
         self.patience = patience
         self.min_delta = float(min_delta)

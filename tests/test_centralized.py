@@ -6,6 +6,7 @@ a few dozen examples), so each takes seconds.
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -22,6 +23,7 @@ from fl_stream.messages import validate_message
 from fl_stream.metrics import METRIC_NAMES
 from fl_stream.model import build_model
 from fl_stream.runlog import read_log
+from relay.config import TOKEN_ENV
 from tests.support import ListeningClient, free_port, get_json
 
 IMAGE_SIZE = 16
@@ -48,10 +50,17 @@ def tiny_data(tmp_path_factory: pytest.TempPathFactory) -> str:
     return str(write_npz(path, {"train": 32, "val": 16, "test": 16}))
 
 
-def make_trainer(tmp_path: Path, data_path: str, relay_url: str, **options: Any) -> CentralizedTrainer:
+def make_trainer(
+    tmp_path: Path, data_path: str, relay_url: str, **options: Any
+) -> CentralizedTrainer:
     config = dict(
-        epochs=3, batch_size=16, data_path=data_path, image_size=IMAGE_SIZE, patience=0,
-        relay_url=relay_url, log_path=str(tmp_path / "run.jsonl"),
+        epochs=3,
+        batch_size=16,
+        data_path=data_path,
+        image_size=IMAGE_SIZE,
+        patience=0,
+        relay_url=relay_url,
+        log_path=str(tmp_path / "run.jsonl"),
         save_path=str(tmp_path / "best.pt"),
     )
     return CentralizedTrainer(CentralizedConfig(**{**config, **options}))
@@ -70,7 +79,9 @@ def run_and_listen(trainer: CentralizedTrainer, relay_ws_url: str) -> list[dict]
 def kinds(messages: list[dict]) -> list[tuple]:
     """Each message's type, with the phase of an ``epoch_end``."""
     return [
-        (m["type"], m["data"]["epoch"], m["data"]["phase"]) if m["type"] == "epoch_end" else (m["type"],)
+        (m["type"], m["data"]["epoch"], m["data"]["phase"])
+        if m["type"] == "epoch_end"
+        else (m["type"],)
         for m in messages
     ]
 
@@ -81,9 +92,12 @@ def test_three_epoch_run_streams_the_whole_sequence(relay, tiny_data: str, tmp_p
 
     assert kinds(messages) == [
         ("training_mode",),
-        ("epoch_end", 1, "train"), ("epoch_end", 1, "val"),
-        ("epoch_end", 2, "train"), ("epoch_end", 2, "val"),
-        ("epoch_end", 3, "train"), ("epoch_end", 3, "val"),
+        ("epoch_end", 1, "train"),
+        ("epoch_end", 1, "val"),
+        ("epoch_end", 2, "train"),
+        ("epoch_end", 2, "val"),
+        ("epoch_end", 3, "train"),
+        ("epoch_end", 3, "val"),
         ("training_end",),
     ]
     for message in messages:
@@ -101,8 +115,11 @@ def test_three_epoch_run_streams_the_whole_sequence(relay, tiny_data: str, tmp_p
     assert set(end["final_metrics"]) == FINAL_KEYS
     # The final validation metrics are the best epoch's, as streamed.
     best_val = next(
-        m["data"]["metrics"] for m in messages
-        if m["type"] == "epoch_end" and m["data"]["phase"] == "val" and m["data"]["epoch"] == end["best_epoch"]
+        m["data"]["metrics"]
+        for m in messages
+        if m["type"] == "epoch_end"
+        and m["data"]["phase"] == "val"
+        and m["data"]["epoch"] == end["best_epoch"]
     )
     assert {k: end["final_metrics"][f"val_{k}"] for k in METRIC_NAMES} == best_val
 
@@ -121,15 +138,22 @@ def test_early_stopping_ends_the_run_when_the_metric_stops_improving(
     # Accuracy cannot rise by more than 1.0, so nothing improves on epoch 1: with patience 1
     # the run stops after epoch 2, whatever the weights do.
     trainer = make_trainer(
-        tmp_path, tiny_data, relay.ws_url,
-        epochs=5, early_stopping_metric="val_accuracy", patience=1, min_delta=1.0,
+        tmp_path,
+        tiny_data,
+        relay.ws_url,
+        epochs=5,
+        early_stopping_metric="val_accuracy",
+        patience=1,
+        min_delta=1.0,
     )
     messages = run_and_listen(trainer, relay.ws_url)
 
     assert kinds(messages) == [
         ("training_mode",),
-        ("epoch_end", 1, "train"), ("epoch_end", 1, "val"),
-        ("epoch_end", 2, "train"), ("epoch_end", 2, "val"),
+        ("epoch_end", 1, "train"),
+        ("epoch_end", 1, "val"),
+        ("epoch_end", 2, "train"),
+        ("epoch_end", 2, "val"),
         ("early_stopping",),
         ("training_end",),
     ]
@@ -175,15 +199,35 @@ def test_an_exception_in_training_sends_an_error_and_propagates(relay, tmp_path:
     assert "empty data loader" in messages[1]["data"]["error"]
 
 
-def test_cli_runs_a_streamed_training_and_saves_the_best_weights(relay, tiny_data: str, tmp_path: Path) -> None:
+def test_cli_runs_a_streamed_training_and_saves_the_best_weights(
+    relay_factory, tiny_data: str, tmp_path: Path
+) -> None:
+    relay = relay_factory(token="s3cret")  # the CLI takes the token from the environment
     done = subprocess.run(
         [
-            sys.executable, "-m", "fl_stream.centralized", "--data-path", tiny_data,
-            "--image-size", str(IMAGE_SIZE), "--epochs", "1", "--batch-size", "16",
-            "--relay-url", relay.ws_url, "--save-path", str(tmp_path / "weights.pt"),
-            "--log-path", str(tmp_path / "log.jsonl"),
+            sys.executable,
+            "-m",
+            "fl_stream.centralized",
+            "--data-path",
+            tiny_data,
+            "--image-size",
+            str(IMAGE_SIZE),
+            "--epochs",
+            "1",
+            "--batch-size",
+            "16",
+            "--relay-url",
+            relay.ws_url,
+            "--save-path",
+            str(tmp_path / "weights.pt"),
+            "--log-path",
+            str(tmp_path / "log.jsonl"),
         ],
-        capture_output=True, text=True, timeout=120, cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+        env={**os.environ, TOKEN_ENV: "s3cret"},
     )
     assert done.returncode == 0, done.stderr
     run_id = done.stdout.split("run id: ", 1)[1].split()[0]
@@ -191,6 +235,8 @@ def test_cli_runs_a_streamed_training_and_saves_the_best_weights(relay, tiny_dat
     assert history["training_end"]["status"] == "completed"
     assert len(history["messages"]) == 4  # training_mode, 2 x epoch_end, training_end
     assert (tmp_path / "weights.pt").is_file()
+    assert "epoch 1/1" in done.stderr  # the progress bar
+    assert "epoch 1: train_loss " in done.stdout  # the epoch's summary line
 
 
 BAD_OPTIONS = [
@@ -198,7 +244,10 @@ BAD_OPTIONS = [
     (["--epochs", "two"], "argument --epochs: invalid int value: 'two'"),
     (["--batch-size", "1"], "batch size must be at least 2"),
     (["--learning-rate", "-0.1"], "learning rate must be a number >= 0"),
-    (["--early-stopping-metric", "val_speed"], "argument --early-stopping-metric: invalid choice: 'val_speed'"),
+    (
+        ["--early-stopping-metric", "val_speed"],
+        "argument --early-stopping-metric: invalid choice: 'val_speed'",
+    ),
     (["--patience", "-1"], "patience must be an integer >= 0"),
     (["--min-delta", "-1"], "min_delta must be a finite number >= 0"),
     (["--mode", "up"], "argument --mode: invalid choice: 'up'"),
@@ -210,7 +259,10 @@ BAD_OPTIONS = [
 
 @pytest.mark.parametrize(("args", "error"), BAD_OPTIONS)
 def test_cli_refuses_bad_options_with_one_line_and_status_2(
-    args: list[str], error: str, capsys: pytest.CaptureFixture[str], tmp_path: Path,
+    args: list[str],
+    error: str,
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.chdir(tmp_path)
@@ -229,7 +281,11 @@ def test_cli_refuses_bad_options_with_one_line_and_status_2(
     ("command", "args", "error"),
     [
         (["-m", "fl_stream.centralized"], ["--epochs", "-2"], "epochs must be at least 1"),
-        ([str(CONSOLE_SCRIPT)], ["train-centralized", "--early-stopping-metric", "speed"], "invalid choice"),
+        (
+            [str(CONSOLE_SCRIPT)],
+            ["train-centralized", "--early-stopping-metric", "speed"],
+            "invalid choice",
+        ),
     ],
 )
 def test_both_entry_points_exit_2_with_one_line_and_no_traceback(

@@ -41,7 +41,13 @@ def test_stops_after_patience_epochs_without_improvement_in_max_mode() -> None:
 def test_an_improvement_resets_the_count_in_min_mode() -> None:
     stopper = EarlyStopping("val_loss", patience=2)
     assert feed(stopper, [1.0, 1.1, 0.9, 0.95, 0.8, 0.85, 0.85]) == [
-        False, False, False, False, False, False, True,
+        False,
+        False,
+        False,
+        False,
+        False,
+        False,
+        True,
     ]
     assert (stopper.best_epoch, stopper.best_value) == (5, 0.8)
 
