@@ -42,6 +42,7 @@ export class MetricCharts {
   #plots = new Map(); // metric -> Plotly graph div
   #traceNames = new Map(); // metric -> series names in trace order
   #markers = new Map(); // metric -> whether its lines still show markers
+  #dticks = new Map(); // metric -> x tick spacing (rounds and epochs are whole numbers)
 
   constructor(container) {
     for (const metric of METRICS) {
@@ -89,6 +90,11 @@ export class MetricCharts {
       this.#markers.set(metric, false);
       Plotly.restyle(plot, { mode: "lines" });
     }
+    const dtick = wholeTickStep(model, metric);
+    if (dtick !== this.#dticks.get(metric)) {
+      this.#dticks.set(metric, dtick);
+      Plotly.relayout(plot, { "xaxis.dtick": dtick });
+    }
   }
 
   #redraw(metric, model) {
@@ -99,6 +105,7 @@ export class MetricCharts {
       series.map(([name]) => name),
     );
     this.#markers.set(metric, markers);
+    this.#dticks.set(metric, wholeTickStep(model, metric));
     // Copies: extendTraces grows the arrays it was given, and these belong to the model.
     const traces = series.map(([name, line]) => ({
       type: "scatter",
@@ -113,7 +120,7 @@ export class MetricCharts {
     const layout = baseLayout({
       title: { text: metric, x: 0.02, font: { size: 14 } },
       uirevision: model.runId, // keep the user's zoom while points arrive
-      xaxis: { title: { text: model.stepUnit }, tickformat: "d", zeroline: false },
+      xaxis: { title: { text: model.stepUnit }, dtick: this.#dticks.get(metric), zeroline: false },
       yaxis: BOUNDED.has(metric) ? { range: [0, 1.02], zeroline: false } : { zeroline: false },
       annotations: traces.length ? [] : [emptyNote("waiting for data")],
     });
@@ -132,6 +139,16 @@ export function emptyNote(text) {
     showarrow: false,
     font: { color: "#94a3b8", size: 13 },
   };
+}
+
+/** A tick step of 1, 2, 5, 10, 20, 50, ... giving at most ten ticks over the x range. */
+function wholeTickStep(model, metric) {
+  const last = Math.max(1, ...model.seriesOf(metric).map(([, line]) => line.xs.at(-1) ?? 1));
+  for (let step = 1; ; step *= 10) {
+    for (const multiple of [1, 2, 5]) {
+      if (last / (step * multiple) <= 10) return step * multiple;
+    }
+  }
 }
 
 function longestLine(model, metric) {

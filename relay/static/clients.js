@@ -15,6 +15,7 @@ const lowerIsBetter = (name) => name === "loss" || isTime(name);
 
 export class ClientView {
   #choice = null; // "phase|metric" shown in the heatmap and flagged in the table
+  #chosenByUser = false; // until then the preferred choice wins as soon as it appears
   #model = null;
 
   constructor(section) {
@@ -26,12 +27,14 @@ export class ClientView {
     this.caption = section.querySelector("#client-table-caption");
     this.picker.addEventListener("change", () => {
       this.#choice = this.picker.value;
+      this.#chosenByUser = true;
       this.update(this.#model);
     });
   }
 
   reset() {
     this.#choice = null;
+    this.#chosenByUser = false;
     this.#model = null;
     this.section.hidden = true;
   }
@@ -58,7 +61,7 @@ export class ClientView {
       const names = [...(clients.metricNames.get(phase) ?? [])].sort(byMetricOrder);
       names.forEach((name) => choices.push(`${phase}|${name}`));
     }
-    if (!choices.includes(this.#choice)) {
+    if (!this.#chosenByUser || !choices.includes(this.#choice)) {
       this.#choice = PREFERRED.find((choice) => choices.includes(choice)) ?? choices[0] ?? null;
     }
     const current = [...this.picker.options].map((option) => option.value);
