@@ -370,6 +370,17 @@ def report(ours: dict[str, Any], naive: dict[str, Any], args: argparse.Namespace
                 f"{b / a:.2f}",
             )
         )
+    for subscribers in (1, 10, 100):
+        key = f"flood_{subscribers}"
+        a, b = (1e6 * r[key]["relay_cpu_s"] / args.messages for r in (naive, ours))
+        rows.append(
+            (
+                f"flood -> {subscribers} dashboards: relay CPU per message",
+                f"{a:.0f} us",
+                f"{b:.0f} us",
+                "",
+            )
+        )
     for metric, unit in (("p50_ms", "ms"), ("p99_ms", "ms"), ("relay_cpu_percent", "%")):
         a, b = naive["paced_100"][metric], ours["paced_100"][metric]
         rows.append(

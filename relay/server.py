@@ -8,6 +8,7 @@ closes the store, all within :data:`SHUTDOWN_GRACE` seconds plus the abort of st
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hmac
 import http
 import logging
@@ -30,6 +31,8 @@ logger = logging.getLogger("relay")
 
 # Seconds the clients get to finish the closing handshake at shutdown before being aborted.
 SHUTDOWN_GRACE = 1.5
+# Seconds between copies of the SQLite write-ahead log into the database file.
+CHECKPOINT_INTERVAL = 1.0
 
 
 class RelayStartError(RuntimeError):
@@ -108,9 +111,13 @@ async def run_relay(config: RelayConfig) -> None:
             f"dashboard http://{config.host}:{port}/  (db {config.db})",
             flush=True,
         )
+        stopping = asyncio.Event()
+        checkpoints = asyncio.create_task(_checkpoint_periodically(store, stopping))
         await _until_signal()
         logger.info("shutting down")
+        stopping.set()
         await _shut_down(server, hub)
+        await checkpoints  # a checkpoint under way finishes before the store closes
     finally:
         store.close()
 
@@ -151,6 +158,18 @@ async def _until_signal() -> None:
     await stop
 
 
+async def _checkpoint_periodically(store: MessageStore, stopping: asyncio.Event) -> None:
+    while not stopping.is_set():
+        try:
+            await asyncio.wait_for(stopping.wait(), CHECKPOINT_INTERVAL)
+        except TimeoutError:
+            pass
+        try:
+            await asyncio.to_thread(store.checkpoint)
+        except sqlite3.Error as exc:  # the next one retries; commits are unaffected
+            logger.warning("WAL checkpoint failed: %s", exc)
+
+
 async def _shut_down(server: Server, hub: Hub) -> None:
     hub.flush()  # what was accepted is committed, broadcast and acknowledged first
     server.close()  # stop accepting; close every client with 1001 (going away)
@@ -158,5 +177,6 @@ async def _shut_down(server: Server, hub: Hub) -> None:
         await asyncio.wait_for(server.wait_closed(), SHUTDOWN_GRACE)
     except TimeoutError:  # e.g. a stalled client never takes its close frame
         hub.abort_all()
-        await asyncio.wait_for(server.wait_closed(), SHUTDOWN_GRACE)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(server.wait_closed(), SHUTDOWN_GRACE)
     hub.flush()

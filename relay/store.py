@@ -63,6 +63,10 @@ class MessageStore:
         # NORMAL in WAL mode: a commit survives a crash of the relay; only a power loss
         # may lose the last transactions, and the database stays consistent either way.
         self._db.execute("PRAGMA synchronous=NORMAL")
+        # Checkpoints (which fsync) run in a worker thread, see checkpoint(), so the event
+        # loop that commits never waits for the disk.
+        self._db.execute("PRAGMA wal_autocheckpoint=0")
+        self._checkpointer: sqlite3.Connection | None = None
         self._db.executescript(_SCHEMA)
         self._in_transaction = False
         self._last_seq: dict[str, int] = {}
@@ -127,11 +131,23 @@ class MessageStore:
         self._in_transaction = False
         self._load_last_seq()
 
+    def checkpoint(self) -> None:
+        """Copy the write-ahead log into the database file.
+
+        Meant for a worker thread (it has its own connection); PASSIVE: it never blocks the
+        writer, and whatever it cannot copy now the next call will.
+        """
+        if self._checkpointer is None:
+            self._checkpointer = sqlite3.connect(self.path, check_same_thread=False)
+        self._checkpointer.execute("PRAGMA wal_checkpoint(PASSIVE)")
+
     def close(self) -> None:
-        """Commit what is pending and close the database."""
+        """Commit what is pending and close the database (no checkpoint may be running)."""
         try:
             self.commit()
         finally:
+            if self._checkpointer is not None:
+                self._checkpointer.close()
             self._db.close()
 
     # ----------------------------------------------------------------------- reads
