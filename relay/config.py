@@ -6,7 +6,7 @@ import argparse
 import logging
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 __all__ = ["TOKEN_ENV", "RelayConfig", "parse_args"]
@@ -18,22 +18,16 @@ DEFAULT_DB = "relay.db"
 
 @dataclass(frozen=True)
 class RelayConfig:
-    """Everything the relay needs to start."""
+    """Everything the relay needs to start; the defaults are the command line's."""
 
     host: str = "127.0.0.1"
     port: int = 8765
     db: Path = Path("data") / DEFAULT_DB
-    token: str | None = None
+    token: str | None = field(default=None, repr=False)  # never in a log line
     allowed_origins: tuple[str, ...] = ()
     max_message_bytes: int = 64 * 1024
     max_buffer_bytes: int = 1024 * 1024
     log_level: str = "INFO"
-
-    def __repr__(self) -> str:  # the token never reaches a log line
-        token = "set" if self.token else None
-        return (
-            f"RelayConfig(host={self.host!r}, port={self.port}, db={str(self.db)!r}, token={token})"
-        )
 
 
 def _positive_int(text: str) -> int:
@@ -52,22 +46,26 @@ def _port(text: str) -> int:
 
 def parse_args(argv: Sequence[str] | None = None) -> RelayConfig:
     """Parse the command line (``argv``; ``sys.argv[1:]`` when None) into a config."""
-    data_dir = Path(os.environ.get(DATA_DIR_ENV, "data"))
+    defaults = RelayConfig()
+    data_dir = os.environ.get(DATA_DIR_ENV)
     parser = argparse.ArgumentParser(
         prog="fl-stream-relay",
         description="WebSocket relay: validates, numbers, stores and fans out training metrics "
         "to dashboards; serves the dashboard and a small run API on the same port.",
     )
     parser.add_argument(
-        "--host", default="127.0.0.1", help="interface to listen on (default: %(default)s)"
+        "--host", default=defaults.host, help="interface to listen on (default: %(default)s)"
     )
     parser.add_argument(
-        "--port", type=_port, default=8765, help="port, 0 for any free one (default: %(default)s)"
+        "--port",
+        type=_port,
+        default=defaults.port,
+        help="port, 0 for any free one (default: %(default)s)",
     )
     parser.add_argument(
         "--db",
         type=Path,
-        default=data_dir / DEFAULT_DB,
+        default=Path(data_dir) / DEFAULT_DB if data_dir else defaults.db,
         help=f"SQLite file (default: %(default)s; the folder follows ${DATA_DIR_ENV})",
     )
     parser.add_argument(
@@ -88,19 +86,19 @@ def parse_args(argv: Sequence[str] | None = None) -> RelayConfig:
     parser.add_argument(
         "--max-message-bytes",
         type=_positive_int,
-        default=64 * 1024,
+        default=defaults.max_message_bytes,
         help="larger frames close the connection with 1009 (default: %(default)s)",
     )
     parser.add_argument(
         "--max-buffer-bytes",
         type=_positive_int,
-        default=1024 * 1024,
+        default=defaults.max_buffer_bytes,
         help="unsent bytes a subscriber may have before it is closed with 4008 "
         "(default: %(default)s)",
     )
     parser.add_argument(
         "--log-level",
-        default="INFO",
+        default=defaults.log_level,
         type=str.upper,
         choices=["DEBUG", "INFO", "WARNING", "ERROR"],
         help="(default: %(default)s)",
