@@ -11,6 +11,7 @@ Run it with ``fl-stream train-centralized`` or ``python -m fl_stream.centralized
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 import uuid
@@ -80,8 +81,10 @@ class CentralizedConfig:
             )
         if self.seed < 0:
             raise ValueError(f"seed must be an integer >= 0, got {self.seed}")
-        if not self.learning_rate >= 0:  # also refuses NaN
-            raise ValueError(f"learning rate must be a number >= 0, got {self.learning_rate}")
+        if not (math.isfinite(self.learning_rate) and self.learning_rate >= 0):
+            raise ValueError(
+                f"learning rate must be a finite number >= 0, got {self.learning_rate}"
+            )
         if self.relay_url and not self.relay_url.startswith(("ws://", "wss://")):
             raise ValueError(
                 f"relay URL must start with ws:// or wss:// (or be empty for the log only), "

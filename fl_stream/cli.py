@@ -135,7 +135,9 @@ def _add_train_centralized(commands: argparse._SubParsersAction) -> None:
         help="best weights, a torch state_dict (default: runs/<run id>/best_model.pt)",
     )
     output.add_argument(
-        "--no-progress", action="store_true", help="hide the per-epoch progress bar"
+        "--no-progress",
+        action="store_true",
+        help="hide the per-epoch progress bar and summary lines",
     )
     train.set_defaults(handler=partial(_train_centralized, parser=train))
 
