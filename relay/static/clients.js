@@ -102,7 +102,7 @@ export class ClientView {
       [trace],
       baseLayout({
         title: { text: `${PHASE_LABELS[phase] ?? phase} ${metric} per client`, x: 0.02, font: { size: 14 } },
-        height: Math.max(220, 60 + 26 * ids.length),
+        height: Math.min(640, Math.max(220, 60 + 26 * ids.length)), // many clients: thinner rows
         hovermode: "closest",
         xaxis: { title: { text: "round" }, type: "category" },
         yaxis: { title: { text: "client" }, type: "category", autorange: "reversed" },

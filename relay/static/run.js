@@ -123,7 +123,6 @@ function emptyChanges() {
     points: new Map(), // metric -> series name -> {x: [], y: []} appended since last frame
     rewrite: new Set(), // metrics whose chart must be redrawn from scratch
     clients: false,
-    summary: false,
     finished: false,
   };
 }
@@ -170,7 +169,6 @@ export class RunModel {
     this.messages.push(message);
     if (Number.isInteger(message.seq)) this.lastSeq = message.seq;
     this.#noteTime(message.timestamp);
-    this.changes.summary = true;
     switch (message.type) {
       case "training_mode":
         this.mode = data.is_federated ? "federated" : "centralized";

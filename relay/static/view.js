@@ -137,9 +137,12 @@ export function showFinal(model, run) {
     return;
   }
   const metrics = run?.final_metrics ?? end.final_metrics ?? {};
+  // Grouped by prefix (val_*, then test_*), each group in the usual metric order.
+  const PREFIXES = ["", "train", "val", "test"];
   const rank = (name) => {
-    const bare = name.replace(/^(val|train|test)_/, "");
-    return METRICS.includes(bare) ? METRICS.indexOf(bare) : METRICS.length;
+    const [, prefix = "", bare] = name.match(/^(?:(train|val|test)_)?(.*)$/);
+    const metric = METRICS.includes(bare) ? METRICS.indexOf(bare) : METRICS.length;
+    return PREFIXES.indexOf(prefix) * (METRICS.length + 1) + metric;
   };
   const names = Object.keys(metrics).sort((a, b) => rank(a) - rank(b) || a.localeCompare(b));
   $("final-metrics").replaceChildren(...names.map((name) => tile(name, formatNumber(metrics[name]))));
