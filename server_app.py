@@ -33,7 +33,10 @@ def main(grid: Grid, context: Context) -> None:
     log(INFO, "Streaming run %s to %s (log: %s)", run_id, config.relay_url, log_path)
 
     with MetricsWebSocketSender(
-        config.relay_url, run_id=run_id, token=config.relay_token or None, log_path=log_path
+        config.relay_url or None,
+        run_id=run_id,
+        token=config.relay_token or None,
+        log_path=log_path,
     ) as sender:
         strategy = StreamingFedAvg(
             sender,

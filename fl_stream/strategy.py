@@ -87,7 +87,7 @@ class StreamingFedAvg(FedAvg):
         self._num_rounds = 0
         self._centralized = False
         self._fit_metrics: dict[int, dict[str, float]] = {}
-        self._eval_metrics: dict[int, dict[str, float]] = {}
+        self._eval_metrics: dict[int, dict[str, float]] = {}  # rounds that ended only
 
     def start(
         self,
@@ -142,9 +142,8 @@ class StreamingFedAvg(FedAvg):
         metrics = super().aggregate_evaluate(server_round, replies)
         if replies:
             self._stream_phase(server_round, "evaluate", replies, _scalars(metrics))
-        self._eval_metrics[server_round] = _scalars(metrics)
         if not self._centralized:
-            self._end_round(server_round)
+            self._end_round(server_round, _scalars(metrics))
         return metrics
 
     # ------------------------------------------------------------------ helpers
@@ -155,8 +154,7 @@ class StreamingFedAvg(FedAvg):
         def evaluate(server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
             metrics = evaluate_fn(server_round, arrays)
             if server_round > 0:  # round 0 evaluates the initial model, before any round
-                self._eval_metrics[server_round] = _scalars(metrics)
-                self._end_round(server_round)
+                self._end_round(server_round, _scalars(metrics))
             return metrics
 
         return evaluate
@@ -170,17 +168,15 @@ class StreamingFedAvg(FedAvg):
         self.sender.send_round_metrics(server_round, self._num_rounds, metrics, **data)
         self.sender.send_client_metrics(server_round, self._num_rounds, phase, clients)
 
-    def _end_round(self, server_round: int) -> None:
+    def _end_round(self, server_round: int, eval_metrics: dict[str, float]) -> None:
+        self._eval_metrics[server_round] = eval_metrics
         self.sender.send_round_end(
-            server_round,
-            self._num_rounds,
-            self._fit_metrics.get(server_round, {}),
-            self._eval_metrics.get(server_round, {}),
+            server_round, self._num_rounds, self._fit_metrics.get(server_round, {}), eval_metrics
         )
         log(INFO, "Streamed round %s/%s", server_round, self._num_rounds)
 
     def _summary(self, status: str) -> dict[str, Any]:
-        """Status, best round by ``best_metric`` and the last round's metrics."""
+        """Status, best round by ``best_metric`` and the metrics of the last round that ended."""
         scored = {
             rnd: metrics[self.best_metric]
             for rnd, metrics in self._eval_metrics.items()
@@ -188,7 +184,7 @@ class StreamingFedAvg(FedAvg):
         }
         pick = min if self.best_metric in LOWER_IS_BETTER else max
         best_round = pick(scored, key=scored.__getitem__) if scored else None
-        last = max(self._fit_metrics, default=None)
+        last = max(self._eval_metrics, default=None)
         final = self._eval_metrics.get(last) or self._fit_metrics.get(last) or {}
         return {
             "status": status,
