@@ -83,13 +83,15 @@ def find_chromium() -> str | None:
             ["dpkg", "-L", "chromium"], capture_output=True, text=True, check=False
         ).stdout
         candidates += [line for line in listing.splitlines() if line.endswith("/chromium")]
-    return next((path for path in candidates if path and os.access(path, os.X_OK)
-                 and Path(path).is_file() and not _is_script(path)), None)
+    return next((path for path in candidates if _is_browser_binary(path)), None)
 
 
-def _is_script(path: str) -> bool:
+def _is_browser_binary(path: str) -> bool:
+    """An executable file that is not a script (``/usr/bin/chromium`` is a shell wrapper)."""
+    if not path or not Path(path).is_file() or not os.access(path, os.X_OK):
+        return False
     with open(path, "rb") as file:
-        return file.read(2) == b"#!"
+        return file.read(2) != b"#!"
 
 
 def _no_browser(reason: str) -> None:
@@ -112,7 +114,11 @@ def browser() -> Iterator[Any]:
         browser = playwright.chromium.launch(
             executable_path=executable,
             headless=True,
-            args=["--disable-background-networking", "--disable-component-update", "--no-first-run"],
+            args=[
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--no-first-run",
+            ],
         )
         yield browser
         browser.close()
@@ -190,7 +196,11 @@ def centralized_epochs(run_id: str, first: int, last: int) -> list[Message]:
     return [
         make_message(
             "epoch_end",
-            {"epoch": epoch, "phase": phase, "metrics": _metrics(epoch, 0.02 if phase == "train" else 0.0)},
+            {
+                "epoch": epoch,
+                "phase": phase,
+                "metrics": _metrics(epoch, 0.02 if phase == "train" else 0.0),
+            },
             run_id=run_id,
         )
         for epoch in range(first, last + 1)
@@ -216,20 +226,44 @@ def federated_run(run_id: str, rounds: int = 5, clients: int = 3) -> list[Messag
                 metrics = _metrics(rnd, shift + noise)
                 if phase == "train":
                     metrics["train-time"] = rng.uniform(1.0, 1.3) * (3.0 if client == 2 else 1.0)
-                rows.append({"client_id": str(client), "node_id": str(7000 + client),
-                             "num_examples": 200 + 50 * client, "metrics": metrics})
+                rows.append(
+                    {
+                        "client_id": str(client),
+                        "node_id": str(7000 + client),
+                        "num_examples": 200 + 50 * client,
+                        "metrics": metrics,
+                    }
+                )
             head = {"round": rnd, "total_rounds": rounds, "phase": phase}
-            messages.append(make_message(
-                "round_metrics", {**head, "num_clients": clients, "metrics": _metrics(rnd, shift)},
-                run_id=run_id))
-            messages.append(make_message("client_metrics", {**head, "clients": rows}, run_id=run_id))
-        messages.append(make_message(
-            "round_end",
-            {"round": rnd, "total_rounds": rounds, "fit_metrics": _metrics(rnd, 0.03),
-             "eval_metrics": _metrics(rnd, -0.02)},
-            run_id=run_id))
-    summary = {"run_id": run_id, "status": "completed", "best_round": rounds,
-               "final_metrics": _metrics(rounds, -0.02), "best_metric": "loss"}
+            messages.append(
+                make_message(
+                    "round_metrics",
+                    {**head, "num_clients": clients, "metrics": _metrics(rnd, shift)},
+                    run_id=run_id,
+                )
+            )
+            messages.append(
+                make_message("client_metrics", {**head, "clients": rows}, run_id=run_id)
+            )
+        messages.append(
+            make_message(
+                "round_end",
+                {
+                    "round": rnd,
+                    "total_rounds": rounds,
+                    "fit_metrics": _metrics(rnd, 0.03),
+                    "eval_metrics": _metrics(rnd, -0.02),
+                },
+                run_id=run_id,
+            )
+        )
+    summary = {
+        "run_id": run_id,
+        "status": "completed",
+        "best_round": rounds,
+        "final_metrics": _metrics(rounds, -0.02),
+        "best_metric": "loss",
+    }
     messages.append(make_message("training_end", summary, run_id=run_id))
     return messages
 
@@ -264,7 +298,9 @@ def test_published_messages_appear_in_the_charts_within_a_second(
     dashboard: Dashboard, relay: RelayProcess, tmp_path: Path
 ) -> None:
     dashboard.open()
-    with MetricsWebSocketSender(relay.ws_url, run_id="live", log_path=tmp_path / "live.jsonl") as sender:
+    with MetricsWebSocketSender(
+        relay.ws_url, run_id="live", log_path=tmp_path / "live.jsonl"
+    ) as sender:
         sender.send_training_mode(is_federated=False, num_rounds=0, num_clients=0)
         sender.send_epoch_end(1, "train", _metrics(1))
         sender.send_epoch_end(1, "val", {**_metrics(1), "auroc": float("nan")})
@@ -289,7 +325,9 @@ def test_published_messages_appear_in_the_charts_within_a_second(
     assert dashboard.errors == []
 
 
-def test_page_opened_after_500_messages_shows_all_500(dashboard: Dashboard, relay: RelayProcess) -> None:
+def test_page_opened_after_500_messages_shows_all_500(
+    dashboard: Dashboard, relay: RelayProcess
+) -> None:
     seqs = publish_all(relay, centralized_epochs("late", 1, 250))
     assert seqs == list(range(1, 501))
 
@@ -335,7 +373,9 @@ def test_page_resumes_from_its_last_seq_after_a_relay_restart(
     assert [message["seq"] for message in held] == list(range(1, 19))  # no gap, no duplicate
 
 
-def test_heartbeat_replaces_a_link_that_went_silent(dashboard: Dashboard, relay: RelayProcess) -> None:
+def test_heartbeat_replaces_a_link_that_went_silent(
+    dashboard: Dashboard, relay: RelayProcess
+) -> None:
     publish_all(relay, centralized_epochs("silent", 1, 1))
     dashboard.open("?heartbeat=0.3")  # ping every 0.3 s: silent for 0.75 s means dead
     dashboard.wait_for_seq(2)
@@ -366,7 +406,9 @@ def test_10000_points_are_drawn_in_batches(dashboard: Dashboard, relay: RelayPro
     extends_per_chart = dashboard.page.evaluate("window.plotlyDraws.extendTraces") / len(METRICS)
     assert extends_per_chart <= 100, "expected batches of many messages, not a draw per message"
     charts = dashboard.charts()
-    assert all(len(charts[metric][phase]["x"]) == 5500 for metric in METRICS for phase in ("train", "val"))
+    assert all(
+        len(charts[metric][phase]["x"]) == 5500 for metric in METRICS for phase in ("train", "val")
+    )
     assert dashboard.errors == []
 
 
@@ -377,7 +419,9 @@ def test_a_new_run_is_followed_and_listed(dashboard: Dashboard, relay: RelayProc
 
     publish_all(relay, federated_run("second", rounds=1)[:2])
     dashboard.wait("document.body.dataset.runId === 'second'", LIVE_WITHIN_MS)
-    dashboard.wait("document.querySelectorAll('#run-picker option').length === 3", RECOVER_WITHIN_MS)
+    dashboard.wait(
+        "document.querySelectorAll('#run-picker option').length === 3", RECOVER_WITHIN_MS
+    )
 
     options = dashboard.page.eval_on_selector_all(
         "#run-picker option", "options => options.map((o) => [o.value, o.textContent])"
@@ -393,16 +437,36 @@ def test_a_new_run_is_followed_and_listed(dashboard: Dashboard, relay: RelayProc
 def test_early_stopping_and_error_banners(dashboard: Dashboard, relay: RelayProcess) -> None:
     run = "stopped"
     messages = [
-        make_message("training_mode", {"is_federated": False, "num_rounds": 0, "num_clients": 0}, run_id=run),
+        make_message(
+            "training_mode", {"is_federated": False, "num_rounds": 0, "num_clients": 0}, run_id=run
+        ),
         *centralized_epochs(run, 1, 3),
-        make_message("early_stopping", {"epoch": 3, "best_metric_value": 0.42, "metric_name": "val_loss",
-                                        "patience": 2, "reason": "val_loss did not improve for 2 epochs"},
-                     run_id=run),
-        make_message("error", {"error": "disk full while saving the checkpoint", "error_type": "OSError"},
-                     run_id=run),
-        make_message("training_end", {"run_id": run, "status": "early_stopped", "best_epoch": 1,
-                                      "final_metrics": {"val_loss": 0.42, "val_accuracy": "NaN"}},
-                     run_id=run),
+        make_message(
+            "early_stopping",
+            {
+                "epoch": 3,
+                "best_metric_value": 0.42,
+                "metric_name": "val_loss",
+                "patience": 2,
+                "reason": "val_loss did not improve for 2 epochs",
+            },
+            run_id=run,
+        ),
+        make_message(
+            "error",
+            {"error": "disk full while saving the checkpoint", "error_type": "OSError"},
+            run_id=run,
+        ),
+        make_message(
+            "training_end",
+            {
+                "run_id": run,
+                "status": "early_stopped",
+                "best_epoch": 1,
+                "final_metrics": {"val_loss": 0.42, "val_accuracy": "NaN"},
+            },
+            run_id=run,
+        ),
     ]
     publish_all(relay, messages)
     dashboard.open()
@@ -419,7 +483,9 @@ def test_early_stopping_and_error_banners(dashboard: Dashboard, relay: RelayProc
     assert dashboard.errors == []
 
 
-def test_finished_federated_run_screenshot_and_downloads(dashboard: Dashboard, relay: RelayProcess) -> None:
+def test_finished_federated_run_screenshot_and_downloads(
+    dashboard: Dashboard, relay: RelayProcess
+) -> None:
     messages = federated_run("fed-demo", rounds=5, clients=3)
     publish_all(relay, messages)
     dashboard.open()

@@ -101,7 +101,11 @@ export class ClientView {
       this.heatmap,
       [trace],
       baseLayout({
-        title: { text: `${PHASE_LABELS[phase] ?? phase} ${metric} per client`, x: 0.02, font: { size: 14 } },
+        title: {
+          text: `${PHASE_LABELS[phase] ?? phase} ${metric} per client`,
+          x: 0.02,
+          font: { size: 14 },
+        },
         height: Math.min(640, Math.max(220, 60 + 26 * ids.length)), // many clients: thinner rows
         hovermode: "closest",
         xaxis: { title: { text: "round" }, type: "category" },
@@ -114,7 +118,8 @@ export class ClientView {
 
   #drawCounts(model) {
     const clients = model.clients;
-    const phases = [...clients.counts.keys()].sort((a, b) => (a === "train" ? -1 : b === "train" ? 1 : 0));
+    const fitFirst = (a, b) => (a === "train" ? -1 : b === "train" ? 1 : 0);
+    const phases = [...clients.counts.keys()].sort(fitFirst);
     const traces = phases.map((phase) => {
       const perRound = clients.counts.get(phase);
       const rounds = [...perRound.keys()].sort((a, b) => a - b);

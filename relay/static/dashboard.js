@@ -54,14 +54,17 @@ class Dashboard {
       this.#pin(event.target.value || null);
     });
     document.getElementById("download-csv").addEventListener("click", () => {
-      if (this.#model) download(`${fileStem(this.#model.runId)}.csv`, runToCsv(this.#model), "text/csv");
+      this.#download("csv", runToCsv, "text/csv");
     });
     document.getElementById("download-json").addEventListener("click", () => {
-      if (this.#model) {
-        download(`${fileStem(this.#model.runId)}.json`, runToJson(this.#model), "application/json");
-      }
+      this.#download("json", runToJson, "application/json");
     });
     setInterval(() => this.#tick(), 1000);
+  }
+
+  #download(extension, build, type) {
+    const model = this.#model;
+    if (model) download(`${fileStem(model.runId)}.${extension}`, build(model), type);
   }
 
   async start() {

@@ -3,7 +3,16 @@
 
 import { METRICS } from "./run.js";
 
-const FIXED_COLUMNS = ["seq", "timestamp", "type", "round", "epoch", "phase", "client_id", "num_examples"];
+const FIXED_COLUMNS = [
+  "seq",
+  "timestamp",
+  "type",
+  "round",
+  "epoch",
+  "phase",
+  "client_id",
+  "num_examples",
+];
 
 /** The run's messages, in seq order, as pretty-printed JSON. */
 export function runToJson(model) {

@@ -192,7 +192,11 @@ export class RunModel {
       case "round_end":
         this.#progress("federated", data.round, data.total_rounds, message.timestamp);
         this.#addMetrics(data.round, "fit", data.fit_metrics);
-        this.#addMetrics(data.round, this.#evalSeriesOf(data.round, data.eval_metrics), data.eval_metrics);
+        this.#addMetrics(
+          data.round,
+          this.#evalSeriesOf(data.round, data.eval_metrics),
+          data.eval_metrics,
+        );
         break;
       case "client_metrics":
         this.#progress("federated", data.round, data.total_rounds, message.timestamp);

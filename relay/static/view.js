@@ -37,8 +37,13 @@ export function showRuns(runs, shownRunId, pinnedRunId) {
   );
   const options = runs.map((run) => {
     const running = run.status === "running";
-    const parts = [run.run_id, run.mode, STATUS_LABELS[run.status] ?? run.status];
-    const label = `${running ? "● " : ""}${parts.filter(Boolean).join(" · ")} · ${formatTime(run.first_timestamp)}`;
+    const parts = [
+      run.run_id,
+      run.mode,
+      STATUS_LABELS[run.status] ?? run.status,
+      formatTime(run.first_timestamp),
+    ];
+    const label = `${running ? "● " : ""}${parts.filter(Boolean).join(" · ")}`;
     const option = new Option(label, run.run_id);
     option.dataset.status = run.status;
     return option;
@@ -100,7 +105,8 @@ export function showBanners(model) {
       banner(
         "warning",
         `Early stopping at epoch ${stop.epoch}: ${stop.reason}`,
-        `best ${stop.metric_name} ${formatNumber(stop.best_metric_value)}, patience ${stop.patience}`,
+        `best ${stop.metric_name} ${formatNumber(stop.best_metric_value)}, ` +
+          `patience ${stop.patience}`,
       ),
     );
   }
@@ -145,14 +151,16 @@ export function showFinal(model, run) {
     return PREFIXES.indexOf(prefix) * (METRICS.length + 1) + metric;
   };
   const names = Object.keys(metrics).sort((a, b) => rank(a) - rank(b) || a.localeCompare(b));
-  $("final-metrics").replaceChildren(...names.map((name) => tile(name, formatNumber(metrics[name]))));
+  const tiles = names.map((name) => tile(name, formatNumber(metrics[name])));
+  $("final-metrics").replaceChildren(...tiles);
 
   const facts = [`status ${STATUS_LABELS[end.status] ?? end.status}`];
   if (end.best_round != null) facts.push(`best round ${end.best_round}`);
   if (end.best_epoch != null) facts.push(`best epoch ${end.best_epoch}`);
   if (end.best_metric) facts.push(`chosen by ${end.best_metric}`);
   if (run?.first_timestamp && run?.last_timestamp) {
-    facts.push(`took ${formatDuration(new Date(run.last_timestamp) - new Date(run.first_timestamp))}`);
+    const took = new Date(run.last_timestamp) - new Date(run.first_timestamp);
+    facts.push(`took ${formatDuration(took)}`);
   }
   if (run?.message_count != null) facts.push(`${run.message_count} messages stored`);
   if (!run) facts.push("(relay API unavailable: showing the training_end message)");
