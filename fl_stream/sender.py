@@ -160,6 +160,7 @@ class MetricsWebSocketSender:
         self._connected = False
         self._outage_since: float | None = None
         self._dropped_reported = 0
+        self._dropping = False  # a run of drops is under way and not yet reported
         self._settled = threading.Condition()
 
         self._log: JsonlLog | None = None
@@ -312,9 +313,9 @@ class MetricsWebSocketSender:
         Returns whether everything was delivered. Safe to call twice.
         """
         with self._lock:
-            if self._closed:
-                return self.stats().pending == 0
-            self._closed = True
+            already_closed, self._closed = self._closed, True
+        if already_closed:
+            return self.stats().pending == 0
         atexit.unregister(self._close_at_exit)
         delivered = self.flush(timeout)
         try:
@@ -400,11 +401,9 @@ class MetricsWebSocketSender:
             self._inbox.append(message)
             self._accepted += 1
             wake, self._pump_idle = self._pump_idle, False
-        if overflow is not None:
+        if overflow is not None:  # the loop thread is starved; keep the log complete anyway
             self._write_log([encode_message(overflow)])
-            self._report_once("inbox-full", logging.WARNING,
-                              "fl-stream: sender thread is behind; dropping the oldest queued "
-                              "messages (they are in %s)", self.log_path)
+            self._warn_dropping()
         if wake:
             try:
                 self._loop.call_soon_threadsafe(self._wake_pump.set)
@@ -498,13 +497,24 @@ class MetricsWebSocketSender:
         if len(self._outbox) >= self._max_queue:
             self._outbox.popleft()
             self._counts["dropped"] += 1
-            if self._counts["dropped"] - self._dropped_reported == 1:
-                logger.warning(
-                    "fl-stream: %d messages are waiting for the relay; dropping the oldest "
-                    "(they stay in %s); the count is reported when the relay catches up",
-                    self._max_queue, self.log_path,
-                )
+            self._warn_dropping()
         self._outbox.append((message["msg_id"], text))
+
+    def _warn_dropping(self) -> None:
+        """Warn when a run of drops starts; its count is logged when it ends."""
+        if not self._dropping:
+            self._dropping = True
+            logger.warning(
+                "fl-stream: more than %d messages wait for the relay; dropping the oldest "
+                "(they stay in %s); the count is logged when the relay takes messages again",
+                self._max_queue, self.log_path,
+            )
+
+    def _dropped_since_reported(self) -> int:
+        """Drops since the last report, which this call makes the new starting point."""
+        total = self._counts["dropped"] + self._dropped_unlogged
+        dropped, self._dropped_reported, self._dropping = total - self._dropped_reported, total, False
+        return dropped
 
     def _write_log(self, texts: list[str]) -> None:
         if self._log is None:
@@ -571,8 +581,7 @@ class MetricsWebSocketSender:
         """Send and collect acks on one connection until it closes."""
         self._connected = True
         if self._outage_since is not None:
-            dropped = self._counts["dropped"] - self._dropped_reported
-            self._dropped_reported = self._counts["dropped"]
+            dropped = self._dropped_since_reported()
             logger.info(
                 "fl-stream: relay %s reachable again after %.1f s; delivering %d queued "
                 "message(s) late; %d dropped while the queue was full (they are in %s)",
@@ -643,9 +652,7 @@ class MetricsWebSocketSender:
             self._settle(msg_id, "unconfirmed")
 
     def _report_caught_up(self) -> None:
-        dropped = self._counts["dropped"] - self._dropped_reported
-        if dropped and self._connected:
-            self._dropped_reported = self._counts["dropped"]
+        if self._dropping and self._connected and (dropped := self._dropped_since_reported()):
             logger.warning("fl-stream: relay %s caught up; %d message(s) were dropped while the "
                            "queue was full (they are in %s)", self.websocket_uri, dropped,
                            self.log_path)
