@@ -226,8 +226,9 @@ class Hub:
         targets = targets - {publisher}  # never echoed
         broadcast(targets, frame, text=True)
         self.stats.messages_out += len(targets)
-        for websocket in targets:
-            self._check_buffer(websocket)
+        cap = self.buffer_cap
+        for websocket in [t for t in targets if t.transport.get_write_buffer_size() > cap]:
+            self._evict(websocket)
 
     def _reply(self, websocket: ServerConnection, frame: bytes) -> None:
         """Send a reply behind the acks still waiting for a commit: replies keep frame order."""
@@ -249,9 +250,10 @@ class Hub:
     # ----------------------------------------------------------------------- slow consumers
 
     def _check_buffer(self, websocket: ServerConnection) -> None:
-        transport = websocket.transport
-        if transport is None or transport.get_write_buffer_size() <= self.buffer_cap:
-            return
+        if websocket.transport.get_write_buffer_size() > self.buffer_cap:
+            self._evict(websocket)
+
+    def _evict(self, websocket: ServerConnection) -> None:
         if websocket not in self._clients:  # already evicted, closing
             return
         self._forget(websocket)
