@@ -54,6 +54,11 @@ logger = logging.getLogger(__name__)
 _connection_logger = logging.getLogger(f"{__name__}.websockets")
 _connection_logger.setLevel(logging.WARNING)
 
+# How often the loop thread looks for new messages while they keep coming, and for how long
+# after the last one before it waits for a wake-up call instead.
+_POLL_S = 0.005
+_LINGER_S = 1.0
+
 # A connection that lasted less than this is treated like a failed attempt (backoff applies).
 _STABLE_CONNECTION_S = 2.0
 
@@ -410,10 +415,10 @@ class MetricsWebSocketSender:
             except RuntimeError:  # loop closed by a concurrent close(); close() logs the rest
                 pass
 
-    def _take_inbox(self) -> list[Message]:
+    def _take_inbox(self, sleep_when_empty: bool = True) -> list[Message]:
         with self._lock:
             if not self._inbox:
-                self._pump_idle = True
+                self._pump_idle = sleep_when_empty
                 return []
             batch, self._inbox = list(self._inbox), deque()
             return batch
@@ -464,12 +469,22 @@ class MetricsWebSocketSender:
             await asyncio.gather(*tasks, return_exceptions=True)
 
     async def _pump(self) -> None:
-        """Move accepted messages from the callers to the run log and the outbox."""
+        """Move accepted messages from the callers to the run log and the outbox.
+
+        While messages keep coming it polls every ``_POLL_S`` seconds, so that a call makes no
+        system call (waking this thread costs the caller more than the rest of the call);
+        after ``_LINGER_S`` seconds without messages it sleeps until a call wakes it.
+        """
+        last_batch = time.monotonic()
         while True:
             self._wake_pump.clear()
-            batch = self._take_inbox()
+            lingering = time.monotonic() - last_batch < _LINGER_S
+            batch = self._take_inbox(sleep_when_empty=not lingering)
             if batch:
                 self._accept(batch)
+                last_batch = time.monotonic()
+            elif lingering:
+                await asyncio.sleep(_POLL_S)
             else:
                 await self._wake_pump.wait()
 
