@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -24,6 +25,7 @@ __all__ = [
     "PROJECT_DIR",
     "flwr_command",
     "flwr_environment",
+    "free_port",
     "stop_superlink",
     "superlink_pids",
 ]
@@ -74,6 +76,13 @@ def flwr_command(
     if stream:
         command.append("--stream")
     return command
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that is free right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 def superlink_pids(flwr_home: str | os.PathLike[str]) -> list[int]:
