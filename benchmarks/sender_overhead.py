@@ -44,7 +44,14 @@ from fl_stream.runlog import JsonlLog
 from fl_stream.sender import MetricsWebSocketSender
 
 ROOT = Path(__file__).resolve().parent.parent
-METRICS = {"loss": 0.31, "accuracy": 0.87, "precision": 0.85, "recall": 0.9, "f1": 0.87, "auroc": 0.93}
+METRICS = {
+    "loss": 0.31,
+    "accuracy": 0.87,
+    "precision": 0.85,
+    "recall": 0.9,
+    "f1": 0.87,
+    "auroc": 0.93,
+}
 PACE_S = 0.001
 FLUSH_TIMEOUT_S = 30.0
 
@@ -59,8 +66,19 @@ def free_port() -> int:
 def relay_process(workdir: Path) -> Iterator[str]:
     """Run the real relay on a free 127.0.0.1 port; yield its ws:// URL; stop it by pid."""
     port = free_port()
-    command = [sys.executable, "-m", "relay", "--host", "127.0.0.1", "--port", str(port),
-               "--db", str(workdir / "relay.db"), "--log-level", "WARNING"]
+    command = [
+        sys.executable,
+        "-m",
+        "relay",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--db",
+        str(workdir / "relay.db"),
+        "--log-level",
+        "WARNING",
+    ]
     with open(workdir / "relay.log", "wb") as log:
         process = subprocess.Popen(command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
     try:
@@ -71,7 +89,9 @@ def relay_process(workdir: Path) -> Iterator[str]:
                     break
             except OSError:
                 if process.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"relay did not start: {(workdir / 'relay.log').read_text()}")
+                    raise RuntimeError(
+                        f"relay did not start: {(workdir / 'relay.log').read_text()}"
+                    )
                 time.sleep(0.1)
         yield f"ws://127.0.0.1:{port}"
     finally:
@@ -95,10 +115,12 @@ def time_calls(call: Callable[[int], object], calls: int, pace_s: float) -> list
     return durations
 
 
-def sender_row(url: str, log_dir: Path, name: str, calls: int, pace_s: float,
-               expect_delivery: bool) -> list[float]:
-    sender = MetricsWebSocketSender(url, run_id=name, log_path=log_dir / f"{name}.jsonl",
-                                    max_queue=max(10_000, calls))
+def sender_row(
+    url: str, log_dir: Path, name: str, calls: int, pace_s: float, expect_delivery: bool
+) -> list[float]:
+    sender = MetricsWebSocketSender(
+        url, run_id=name, log_path=log_dir / f"{name}.jsonl", max_queue=max(10_000, calls)
+    )
     try:
         time.sleep(0.3)  # let it connect (or fail to) before timing
         durations = time_calls(lambda i: sender.send_epoch_end(i, "train", METRICS), calls, pace_s)
@@ -117,8 +139,9 @@ def naive_row(url: str, calls: int) -> list[float]:
             await websocket.send(message)
 
     def call(i: int) -> None:
-        message = make_message("epoch_end", {"epoch": i, "phase": "train", "metrics": METRICS},
-                               run_id="naive")
+        message = make_message(
+            "epoch_end", {"epoch": i, "phase": "train", "metrics": METRICS}, run_id="naive"
+        )
         asyncio.run(send_once(json.dumps(message)))
 
     return time_calls(call, calls, 0)
@@ -127,8 +150,15 @@ def naive_row(url: str, calls: int) -> list[float]:
 def caller_side_log_row(log_dir: Path, calls: int) -> list[float]:
     """What a call would add if the calling thread encoded and appended the log line."""
     log = JsonlLog(log_dir / "caller-side.jsonl")
-    messages = [make_message("epoch_end", {"epoch": i, "phase": "train", "metrics": METRICS},
-                             run_id="caller-side", msg_id=f"x-{i}") for i in range(calls)]
+    messages = [
+        make_message(
+            "epoch_end",
+            {"epoch": i, "phase": "train", "metrics": METRICS},
+            run_id="caller-side",
+            msg_id=f"x-{i}",
+        )
+        for i in range(calls)
+    ]
     try:
         return time_calls(lambda i: log.write([encode_message(messages[i])]), calls, PACE_S)
     finally:
@@ -153,42 +183,54 @@ def main() -> None:
             rows["(a) relay up"] = sender_row(url, workdir, "up", args.calls, 0, True)
             rows["(c) naive asyncio.run per message"] = naive_row(url, args.naive_calls)
             rows["(a) relay up, paced 1/ms"] = sender_row(
-                url, workdir, "up-paced", args.paced_calls, PACE_S, True)
+                url, workdir, "up-paced", args.paced_calls, PACE_S, True
+            )
         down_url = f"ws://127.0.0.1:{free_port()}"
         rows["(b) nothing listening"] = sender_row(down_url, workdir, "down", args.calls, 0, False)
         rows["(b) nothing listening, paced 1/ms"] = sender_row(
-            down_url, workdir, "down-paced", args.paced_calls, PACE_S, False)
+            down_url, workdir, "down-paced", args.paced_calls, PACE_S, False
+        )
         rows["caller-side log write, paced (not used)"] = caller_side_log_row(
-            workdir, args.paced_calls)
+            workdir, args.paced_calls
+        )
 
     figures = {name: (statistics.median(v), percentile(v, 99), len(v)) for name, v in rows.items()}
-    print(f"send_epoch_end on the calling thread; load average {os.getloadavg()[0]:.2f} "
-          f"on {os.cpu_count()} CPUs (shared machine: figures are inflated by other work)")
+    print(
+        f"send_epoch_end on the calling thread; load average {os.getloadavg()[0]:.2f} "
+        f"on {os.cpu_count()} CPUs (shared machine: figures are inflated by other work)"
+    )
     print(f"{'pattern':40} {'calls':>6} {'median µs':>10} {'p99 µs':>10}")
     for name, (median, p99, count) in figures.items():
         print(f"{name:40} {count:6d} {median:10.1f} {p99:10.1f}")
 
     up, down = figures["(a) relay up"], figures["(b) nothing listening"]
     naive = figures["(c) naive asyncio.run per message"]
-    up_paced, down_paced = figures["(a) relay up, paced 1/ms"], figures["(b) nothing listening, paced 1/ms"]
+    up_paced, down_paced = (
+        figures["(a) relay up, paced 1/ms"],
+        figures["(b) nothing listening, paced 1/ms"],
+    )
     caller_log = figures["caller-side log write, paced (not used)"]
-    print(json.dumps({
-        "median_us": round(up[0], 2),
-        "p99_us": round(up[1], 2),
-        "down_median_us": round(down[0], 2),
-        "down_p99_us": round(down[1], 2),
-        "naive_median_us": round(naive[0], 2),
-        "naive_p99_us": round(naive[1], 2),
-        "speedup_vs_naive": round(naive[0] / up[0], 1),
-        "paced_median_us": round(up_paced[0], 2),
-        "paced_p99_us": round(up_paced[1], 2),
-        "down_paced_median_us": round(down_paced[0], 2),
-        "down_paced_p99_us": round(down_paced[1], 2),
-        "caller_log_write_paced_median_us": round(caller_log[0], 2),
-        "calls": args.calls,
-        "paced_calls": args.paced_calls,
-        "load_average": round(os.getloadavg()[0], 2),
-    }))
+    print(
+        json.dumps(
+            {
+                "median_us": round(up[0], 2),
+                "p99_us": round(up[1], 2),
+                "down_median_us": round(down[0], 2),
+                "down_p99_us": round(down[1], 2),
+                "naive_median_us": round(naive[0], 2),
+                "naive_p99_us": round(naive[1], 2),
+                "speedup_vs_naive": round(naive[0] / up[0], 1),
+                "paced_median_us": round(up_paced[0], 2),
+                "paced_p99_us": round(up_paced[1], 2),
+                "down_paced_median_us": round(down_paced[0], 2),
+                "down_paced_p99_us": round(down_paced[1], 2),
+                "caller_log_write_paced_median_us": round(caller_log[0], 2),
+                "calls": args.calls,
+                "paced_calls": args.paced_calls,
+                "load_average": round(os.getloadavg()[0], 2),
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

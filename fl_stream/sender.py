@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import atexit
 import itertools
+import json
 import logging
 import random
 import threading
@@ -42,7 +43,13 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus, InvalidURI
 from websockets.uri import parse_uri
 
-from .messages import Message, MessageError, decode_message, encode_message, make_message
+from .messages import (
+    Message,
+    MessageError,
+    encode_message,
+    make_message,
+    validate_message,
+)
 from .runlog import JsonlLog, default_log_path
 
 __all__ = ["MetricsWebSocketSender", "SenderStats"]
@@ -133,6 +140,13 @@ class MetricsWebSocketSender:
         backoff_max: float = 10.0,
         exit_timeout: float = 1.0,
     ) -> None:
+        for name, value in (
+            ("max_queue", max_queue),
+            ("max_in_flight", max_in_flight),
+            ("max_message_bytes", max_message_bytes),
+        ):
+            if value < 1:
+                raise ValueError(f"{name} must be at least 1, got {value}")
         self.websocket_uri = _checked_uri(websocket_uri)
         self.run_id = run_id
         self.sender_id = uuid.uuid4().hex[:12]
@@ -154,7 +168,7 @@ class MetricsWebSocketSender:
         self._closed = False
         self._accepted = 0
         self._invalid = 0
-        self._dropped_unlogged = 0  # dropped by a caller because the loop fell behind
+        self._dropped_by_callers = 0  # dropped (and logged) by a caller: the loop fell behind
 
         # Owned by the loop thread (callers only read them).
         self._outbox: deque[tuple[str, str]] = deque()  # (msg_id, JSON text) not yet sent
@@ -172,8 +186,11 @@ class MetricsWebSocketSender:
         try:
             self._log = JsonlLog(self.log_path)
         except OSError as exc:
-            logger.error("fl-stream: cannot open run log %s (%s); messages go to the relay only",
-                         self.log_path, exc)
+            logger.error(
+                "fl-stream: cannot open run log %s (%s); messages go to the relay only",
+                self.log_path,
+                exc,
+            )
 
         self._loop = asyncio.new_event_loop()
         self._wake_pump = asyncio.Event()
@@ -212,7 +229,11 @@ class MetricsWebSocketSender:
         num_clients: int | None = None,
     ) -> bool:
         """Report a federated round's metrics aggregated over clients."""
-        data: dict[str, Any] = {"round": round_num, "total_rounds": total_rounds, "metrics": metrics}
+        data: dict[str, Any] = {
+            "round": round_num,
+            "total_rounds": total_rounds,
+            "metrics": metrics,
+        }
         if phase is not None:
             data["phase"] = phase
         if num_clients is not None:
@@ -261,8 +282,9 @@ class MetricsWebSocketSender:
         ``"failed"``), ``best_epoch`` or ``best_round``, and ``final_metrics``.
         """
         if not isinstance(summary_data, Mapping):
-            return self._refuse("training_end", f"summary_data: expected a dict, got "
-                                f"{type(summary_data).__name__}")
+            return self._refuse(
+                "training_end", f"summary_data: expected a dict, got {type(summary_data).__name__}"
+            )
         data = {"run_id": run_id, "status": "completed", "final_metrics": {}, **summary_data}
         return self._send("training_end", data)
 
@@ -334,7 +356,9 @@ class MetricsWebSocketSender:
         if pending:
             logger.warning(
                 "fl-stream: closed with %d message(s) not delivered to %s; all are in %s",
-                pending, self.websocket_uri, self.log_path,
+                pending,
+                self.websocket_uri,
+                self.log_path,
             )
         if self._log is not None:
             self._log.close()
@@ -344,7 +368,7 @@ class MetricsWebSocketSender:
         """Return the sender's counters."""
         counts = self._counts
         with self._lock:
-            accepted, invalid, dropped = self._accepted, self._invalid, self._dropped_unlogged
+            accepted, invalid, dropped = self._accepted, self._invalid, self._dropped_by_callers
         return SenderStats(
             accepted=accepted,
             invalid=invalid,
@@ -373,8 +397,12 @@ class MetricsWebSocketSender:
 
     def _send(self, message_type: str, data: Mapping[str, Any]) -> bool:
         if self._closed:
-            self._report_once("closed", logging.WARNING,
-                              "fl-stream: sender is closed; %s message not sent", message_type)
+            self._report_once(
+                "closed",
+                logging.WARNING,
+                "fl-stream: sender is closed; %s message not sent",
+                message_type,
+            )
             return False
         try:
             message = make_message(
@@ -393,8 +421,13 @@ class MetricsWebSocketSender:
         """Log why a call was refused (once per distinct reason) and return ``False``."""
         with self._lock:
             self._invalid += 1
-        self._report_once(f"invalid:{message_type}:{reason}", logging.ERROR,
-                          "fl-stream: %s message not sent: %s", message_type, reason)
+        self._report_once(
+            f"invalid:{message_type}:{reason}",
+            logging.ERROR,
+            "fl-stream: %s message not sent: %s",
+            message_type,
+            reason,
+        )
         return False
 
     def _enqueue(self, message: Message) -> None:
@@ -402,7 +435,7 @@ class MetricsWebSocketSender:
         with self._lock:
             if len(self._inbox) >= self._max_queue:  # the loop thread is not keeping up
                 overflow = self._inbox.popleft()
-                self._dropped_unlogged += 1
+                self._dropped_by_callers += 1
             self._inbox.append(message)
             self._accepted += 1
             wake, self._pump_idle = self._pump_idle, False
@@ -433,8 +466,12 @@ class MetricsWebSocketSender:
     def _settled_count(self) -> int:
         counts = self._counts
         return (
-            counts["acked"] + counts["rejected"] + counts["dropped"] + counts["unconfirmed"]
-            + counts["logged"] + self._dropped_unlogged
+            counts["acked"]
+            + counts["rejected"]
+            + counts["dropped"]
+            + counts["unconfirmed"]
+            + counts["logged"]
+            + self._dropped_by_callers
         )
 
     def _close_at_exit(self) -> None:
@@ -449,8 +486,9 @@ class MetricsWebSocketSender:
         except asyncio.CancelledError:
             pass
         except Exception:  # a bug here must not take training down; the log keeps going
-            logger.exception("fl-stream: sender thread failed; messages are only in %s",
-                             self.log_path)
+            logger.exception(
+                "fl-stream: sender thread failed; messages are only in %s", self.log_path
+            )
         finally:
             self._loop.run_until_complete(self._loop.shutdown_asyncgens())
             self._loop.close()
@@ -503,9 +541,13 @@ class MetricsWebSocketSender:
         if len(text) > self._max_message_bytes:  # ASCII-only JSON: characters are bytes
             self._counts["rejected"] += 1
             self._report_once(
-                f"too-large:{message['type']}", logging.ERROR,
+                f"too-large:{message['type']}",
+                logging.ERROR,
                 "fl-stream: %s message of %d bytes exceeds max_message_bytes=%d; kept in %s "
-                "but not sent", message["type"], len(text), self._max_message_bytes,
+                "but not sent",
+                message["type"],
+                len(text),
+                self._max_message_bytes,
                 self.log_path,
             )
             return
@@ -522,13 +564,18 @@ class MetricsWebSocketSender:
             logger.warning(
                 "fl-stream: more than %d messages wait for the relay; dropping the oldest "
                 "(they stay in %s); the count is logged when the relay takes messages again",
-                self._max_queue, self.log_path,
+                self._max_queue,
+                self.log_path,
             )
 
     def _dropped_since_reported(self) -> int:
         """Drops since the last report, which this call makes the new starting point."""
-        total = self._counts["dropped"] + self._dropped_unlogged
-        dropped, self._dropped_reported, self._dropping = total - self._dropped_reported, total, False
+        total = self._counts["dropped"] + self._dropped_by_callers
+        dropped, self._dropped_reported, self._dropping = (
+            total - self._dropped_reported,
+            total,
+            False,
+        )
         return dropped
 
     def _write_log(self, texts: list[str]) -> None:
@@ -537,8 +584,13 @@ class MetricsWebSocketSender:
         try:
             self._log.write(texts)
         except (OSError, ValueError) as exc:
-            self._report_once("log-write", logging.ERROR,
-                              "fl-stream: cannot append to run log %s: %s", self.log_path, exc)
+            self._report_once(
+                "log-write",
+                logging.ERROR,
+                "fl-stream: cannot append to run log %s: %s",
+                self.log_path,
+                exc,
+            )
 
     def _notify_settled(self) -> None:
         with self._settled:
@@ -572,14 +624,15 @@ class MetricsWebSocketSender:
                     quick_drop_delays = backoff_delays(*self._backoff)
 
     def _on_connect_error(self, exc: Exception) -> None:
-        """Retry every failure (websockets backs off); warn once per outage."""
+        """Warn once per outage; returning None tells websockets to back off and retry."""
         if isinstance(exc, InvalidStatus) and exc.response.status_code in (401, 403):
-            reason = (f"HTTP {exc.response.status_code}: the relay refused the publisher "
-                      "token; check token=")
+            reason = (
+                f"HTTP {exc.response.status_code}: the relay refused the publisher "
+                "token; check token="
+            )
         else:
             reason = f"{type(exc).__name__}: {exc}"
         self._outage_started(reason)
-        return None
 
     def _outage_started(self, reason: str) -> None:
         self._connected = False
@@ -589,7 +642,10 @@ class MetricsWebSocketSender:
         logger.warning(
             "fl-stream: relay %s unreachable (%s); up to %d messages wait and are resent "
             "when it is back; every message is in %s",
-            self.websocket_uri, reason, self._max_queue, self.log_path,
+            self.websocket_uri,
+            reason,
+            self._max_queue,
+            self.log_path,
         )
 
     async def _stream(self, connection: ClientConnection) -> None:
@@ -600,8 +656,11 @@ class MetricsWebSocketSender:
             logger.info(
                 "fl-stream: relay %s reachable again after %.1f s; delivering %d queued "
                 "message(s) late; %d dropped while the queue was full (they are in %s)",
-                self.websocket_uri, time.monotonic() - self._outage_since,
-                len(self._in_flight) + len(self._outbox), dropped, self.log_path,
+                self.websocket_uri,
+                time.monotonic() - self._outage_since,
+                len(self._in_flight) + len(self._outbox),
+                dropped,
+                self.log_path,
             )
             self._outage_since = None
         link = _Link()
@@ -619,10 +678,11 @@ class MetricsWebSocketSender:
         for task in done:
             exc = task.exception()
             if exc is not None and not isinstance(exc, ConnectionClosed):
-                logger.error("fl-stream: unexpected error on the relay connection",
-                             exc_info=exc)
-        self._outage_started(f"connection closed: {connection.close_reason or 'no reason'} "
-                             f"(code {connection.close_code})")
+                logger.error("fl-stream: unexpected error on the relay connection", exc_info=exc)
+        self._outage_started(
+            f"connection closed: {connection.close_reason or 'no reason'} "
+            f"(code {connection.close_code})"
+        )
 
     async def _write_messages(self, connection: ClientConnection, link: _Link) -> None:
         for msg_id, text in list(self._in_flight.items()):  # unacknowledged, oldest first
@@ -658,38 +718,54 @@ class MetricsWebSocketSender:
     def _assume_no_acks(self, link: _Link) -> None:
         link.at_most_once = True
         self._report_once(
-            "no-acks", logging.WARNING,
+            "no-acks",
+            logging.WARNING,
             "fl-stream: relay %s sent no ack within %.1f s; treating it as a relay without "
             "acks: messages are sent once and not resent after a reconnect",
-            self.websocket_uri, self._ack_timeout,
+            self.websocket_uri,
+            self._ack_timeout,
         )
         for msg_id in list(self._in_flight):
             self._settle(msg_id, "unconfirmed")
 
     def _report_caught_up(self) -> None:
         if self._dropping and self._connected and (dropped := self._dropped_since_reported()):
-            logger.warning("fl-stream: relay %s caught up; %d message(s) were dropped while the "
-                           "queue was full (they are in %s)", self.websocket_uri, dropped,
-                           self.log_path)
+            logger.warning(
+                "fl-stream: relay %s caught up; %d message(s) were dropped while the "
+                "queue was full (they are in %s)",
+                self.websocket_uri,
+                dropped,
+                self.log_path,
+            )
 
     async def _read_replies(self, connection: ClientConnection, link: _Link) -> None:
         async for text in connection:
             try:
-                reply = decode_message(text)
-            except MessageError as exc:
-                self._report_once("bad-reply", logging.WARNING,
-                                  "fl-stream: ignoring an invalid reply from the relay: %s", exc)
+                reply = json.loads(text)
+                # Anything else is a pong or a live message of another publisher: the relay
+                # sends every live message to a connection that never subscribed.
+                if not isinstance(reply, dict) or reply.get("type") not in ("ack", "rejected"):
+                    continue
+                validate_message(reply)
+            except (ValueError, MessageError) as exc:
+                self._report_once(
+                    "bad-reply",
+                    logging.WARNING,
+                    "fl-stream: ignoring an invalid reply from the relay: %s",
+                    exc,
+                )
                 continue
             kind, data = reply["type"], reply["data"]
-            if kind not in ("ack", "rejected"):
-                continue  # pong, or live messages of other publishers
             link.acks_seen = True
             link.at_most_once = False  # a slow first ack: track acks again from now on
             if kind == "rejected":
                 self._report_once(
-                    f"rejected:{data['reason']}", logging.ERROR,
+                    f"rejected:{data['reason']}",
+                    logging.ERROR,
                     "fl-stream: relay rejected message %s: %s (kept in %s, not resent)",
-                    data.get("msg_id"), data["reason"], self.log_path,
+                    data.get("msg_id"),
+                    data["reason"],
+                    self.log_path,
                 )
             msg_id = data.get("msg_id")
             if msg_id in self._in_flight:

@@ -1,4 +1,4 @@
-"""The wire format: builders, the validator, JSON encoding of numpy/torch values and non-finite floats."""
+"""The wire format: builders, the validator, numpy/torch encoding and non-finite numbers."""
 
 from __future__ import annotations
 
@@ -23,7 +23,14 @@ from fl_stream.messages import (
     validate_message,
 )
 
-METRICS = {"loss": 0.25, "accuracy": 0.9, "precision": 0.8, "recall": 0.7, "f1": 0.75, "auroc": 0.88}
+METRICS = {
+    "loss": 0.25,
+    "accuracy": 0.9,
+    "precision": 0.8,
+    "recall": 0.7,
+    "f1": 0.75,
+    "auroc": 0.88,
+}
 
 # One valid data object per message type of the design, plus per-client metrics.
 VALID_DATA: dict[str, dict[str, Any]] = {
@@ -37,9 +44,17 @@ VALID_DATA: dict[str, dict[str, Any]] = {
         "phase": "evaluate",
         "clients": [{"client_id": "7", "num_examples": 40, "metrics": METRICS}],
     },
-    "training_end": {"run_id": "r", "status": "completed", "best_epoch": 4, "final_metrics": METRICS},
+    "training_end": {
+        "run_id": "r",
+        "status": "completed",
+        "best_epoch": 4,
+        "final_metrics": METRICS,
+    },
     "early_stopping": {
-        "epoch": 9, "best_metric_value": 0.91, "metric_name": "val_auroc", "patience": 3,
+        "epoch": 9,
+        "best_metric_value": 0.91,
+        "metric_name": "val_auroc",
+        "patience": 3,
         "reason": "val_auroc did not improve for 3 epochs",
     },
     "error": {"error": "CUDA out of memory", "error_type": "RuntimeError"},
@@ -96,13 +111,24 @@ def test_numpy_scalars_arrays_and_tensors_become_plain_json() -> None:
         }
     )
     assert value == {
-        "f32": 0.5, "f64": 0.25, "i64": 7, "flag": True, "zero_d": 1.5, "tensor": 2.0,
-        "int_tensor": 4, "grad": 1.0, "phase": "train", "epoch": 3,
+        "f32": 0.5,
+        "f64": 0.25,
+        "i64": 7,
+        "flag": True,
+        "zero_d": 1.5,
+        "tensor": 2.0,
+        "int_tensor": 4,
+        "grad": 1.0,
+        "phase": "train",
+        "epoch": 3,
         "nested": [1.0, [1, "a", None]],
     }
     assert json.dumps(value) == json.dumps(json.loads(json.dumps(value)))
     assert [type(v) for v in (value["f32"], value["i64"], value["flag"], value["phase"])] == [
-        float, int, bool, str
+        float,
+        int,
+        bool,
+        str,
     ]
 
 
@@ -134,27 +160,58 @@ def test_values_that_cannot_be_encoded_name_their_field(metrics: dict, error: st
 @pytest.mark.parametrize(
     ("message_type", "data", "error"),
     [
-        ("epoch_end", {"epoch": 1, "phase": "train", "metrics": {"loss": [1, 2]}},
-         r"^data\.metrics\.loss: expected a number"),
-        ("epoch_end", {"epoch": 1, "phase": "train", "metrics": {"loss": "low"}},
-         r"^data\.metrics\.loss: .* got 'low'"),
-        ("epoch_end", {"epoch": -1, "phase": "train", "metrics": {}},
-         r"^data\.epoch: expected an integer >= 0, got -1"),
+        (
+            "epoch_end",
+            {"epoch": 1, "phase": "train", "metrics": {"loss": [1, 2]}},
+            r"^data\.metrics\.loss: expected a number",
+        ),
+        (
+            "epoch_end",
+            {"epoch": 1, "phase": "train", "metrics": {"loss": "low"}},
+            r"^data\.metrics\.loss: .* got 'low'",
+        ),
+        (
+            "epoch_end",
+            {"epoch": -1, "phase": "train", "metrics": {}},
+            r"^data\.epoch: expected an integer >= 0, got -1",
+        ),
         ("epoch_end", {"epoch": True, "phase": "train", "metrics": {}}, r"^data\.epoch: "),
-        ("epoch_end", {"epoch": 1, "phase": "test", "metrics": {}},
-         r"^data\.phase: expected one of 'train', 'val'"),
-        ("early_stopping", {**VALID_DATA["early_stopping"], "best_metric_value": [0.9]},
-         r"^data\.best_metric_value: expected a finite number"),
-        ("client_metrics", {**VALID_DATA["client_metrics"],
-                            "clients": [{"client_id": 3, "num_examples": 1, "metrics": {}}]},
-         r"^data\.clients\[0\]\.client_id: expected a string, got 3"),
-        ("client_metrics", {**VALID_DATA["client_metrics"],
-                            "clients": [{"client_id": "3", "num_examples": 1, "metrics": {"x": "y"}}]},
-         r"^data\.clients\[0\]\.metrics\.x: "),
-        ("training_end", {**VALID_DATA["training_end"], "status": "done"},
-         r"^data\.status: expected one of 'completed', 'early_stopped', 'failed'"),
-        ("training_mode", {"is_federated": 1, "num_rounds": 3, "num_clients": 2},
-         r"^data\.is_federated: expected true or false"),
+        (
+            "epoch_end",
+            {"epoch": 1, "phase": "test", "metrics": {}},
+            r"^data\.phase: expected one of 'train', 'val'",
+        ),
+        (
+            "early_stopping",
+            {**VALID_DATA["early_stopping"], "best_metric_value": [0.9]},
+            r"^data\.best_metric_value: expected a finite number",
+        ),
+        (
+            "client_metrics",
+            {
+                **VALID_DATA["client_metrics"],
+                "clients": [{"client_id": 3, "num_examples": 1, "metrics": {}}],
+            },
+            r"^data\.clients\[0\]\.client_id: expected a string, got 3",
+        ),
+        (
+            "client_metrics",
+            {
+                **VALID_DATA["client_metrics"],
+                "clients": [{"client_id": "3", "num_examples": 1, "metrics": {"x": "y"}}],
+            },
+            r"^data\.clients\[0\]\.metrics\.x: ",
+        ),
+        (
+            "training_end",
+            {**VALID_DATA["training_end"], "status": "done"},
+            r"^data\.status: expected one of 'completed', 'early_stopped', 'failed'",
+        ),
+        (
+            "training_mode",
+            {"is_federated": 1, "num_rounds": 3, "num_clients": 2},
+            r"^data\.is_federated: expected true or false",
+        ),
     ],
 )
 def test_invalid_fields_are_named(message_type: str, data: dict, error: str) -> None:
@@ -169,11 +226,16 @@ def test_invalid_fields_are_named(message_type: str, data: dict, error: str) -> 
         ({"timestamp": "2026-01-01T00:00:00Z", "data": {}}, r"^type: missing"),
         ({"type": "", "timestamp": "2026-01-01T00:00:00Z", "data": {}}, r"^type: "),
         ({"type": "x", "timestamp": "yesterday", "data": {}}, r"^timestamp: 'yesterday' is not"),
-        ({"type": "x", "timestamp": "2026-01-01T00:00:00Z", "data": []}, r"^data: expected a JSON object"),
+        (
+            {"type": "x", "timestamp": "2026-01-01T00:00:00Z", "data": []},
+            r"^data: expected a JSON object",
+        ),
         ({"type": "x", "timestamp": "2026-01-01T00:00:00Z", "data": {}, "run_id": 5}, r"^run_id: "),
         ({"type": "x", "timestamp": "2026-01-01T00:00:00Z", "data": {}, "seq": -2}, r"^seq: "),
-        ({"type": "ack", "timestamp": "2026-01-01T00:00:00Z", "data": {"run_id": "r"}},
-         r"^data\.seq: missing"),
+        (
+            {"type": "ack", "timestamp": "2026-01-01T00:00:00Z", "data": {"run_id": "r"}},
+            r"^data\.seq: missing",
+        ),
     ],
 )
 def test_invalid_envelopes_are_refused(message: Any, error: str) -> None:
@@ -184,8 +246,11 @@ def test_invalid_envelopes_are_refused(message: Any, error: str) -> None:
 def test_custom_types_and_control_types_are_accepted() -> None:
     custom = {"type": "learning_rate", "timestamp": "2026-01-01T00:00:00Z", "data": {"lr": 0.1}}
     assert validate_message(custom) is custom
-    ack = {"type": "ack", "timestamp": "2026-01-01T00:00:00Z",
-           "data": {"run_id": "r", "seq": 3, "msg_id": "s-1"}}
+    ack = {
+        "type": "ack",
+        "timestamp": "2026-01-01T00:00:00Z",
+        "data": {"run_id": "r", "seq": 3, "msg_id": "s-1"},
+    }
     assert validate_message(ack) is ack
     assert {"subscribe", "unsubscribe", "ping", "ack", "rejected", "replay_end", "pong"} == set(
         CONTROL_TYPES

@@ -32,7 +32,14 @@ from tests.support import free_port, get_json
 Message = dict[str, Any]
 
 WAIT = 10.0  # bounded waits, generous for a loaded 2-core machine
-METRICS = {"loss": 0.25, "accuracy": 0.9, "precision": 0.8, "recall": 0.7, "f1": 0.75, "auroc": 0.88}
+METRICS = {
+    "loss": 0.25,
+    "accuracy": 0.9,
+    "precision": 0.8,
+    "recall": 0.7,
+    "f1": 0.75,
+    "auroc": 0.88,
+}
 
 
 class AckServer:
@@ -110,7 +117,9 @@ class AckServer:
                 websocket.transport.abort()  # like a network failure: no closing handshake
                 return
         if self._ack:
-            await websocket.send(_reply("ack", {"run_id": run_id, "seq": self._seen[key], "msg_id": msg_id}))
+            await websocket.send(
+                _reply("ack", {"run_id": run_id, "seq": self._seen[key], "msg_id": msg_id})
+            )
 
 
 def _reply(kind: str, data: dict[str, Any]) -> str:
@@ -168,8 +177,9 @@ def test_every_message_type_has_the_designed_envelope(server: AckServer, make_se
         sender.send_client_metrics(1, 3, "train", [client]),
         sender.send_early_stopping_triggered(4, 0.91, "val_auroc", 3),
         sender.send_error("CUDA out of memory", "RuntimeError"),
-        sender.send_training_end("run-7", {"status": "completed", "best_round": 2,
-                                           "final_metrics": METRICS}),
+        sender.send_training_end(
+            "run-7", {"status": "completed", "best_round": 2, "final_metrics": METRICS}
+        ),
         sender.send_metrics({"lr": 0.01}, "custom_metrics"),
     ]
     assert all(calls)
@@ -183,14 +193,24 @@ def test_every_message_type_has_the_designed_envelope(server: AckServer, make_se
         assert message["run_id"] == "run-7"
         assert message["msg_id"].startswith(sender.sender_id)
     assert len({message["msg_id"] for message in server.stored}) == len(calls)
-    assert by_type["training_mode"]["data"] == {"is_federated": True, "num_rounds": 3, "num_clients": 2}
+    assert by_type["training_mode"]["data"] == {
+        "is_federated": True,
+        "num_rounds": 3,
+        "num_clients": 2,
+    }
     assert by_type["epoch_end"]["data"] == {"epoch": 1, "phase": "val", "metrics": METRICS}
     assert by_type["round_metrics"]["data"] == {"round": 1, "total_rounds": 3, "metrics": METRICS}
     assert by_type["round_end"]["data"] == {
-        "round": 1, "total_rounds": 3, "fit_metrics": {"loss": 0.4}, "eval_metrics": {"loss": 0.5}
+        "round": 1,
+        "total_rounds": 3,
+        "fit_metrics": {"loss": 0.4},
+        "eval_metrics": {"loss": 0.5},
     }
     assert by_type["client_metrics"]["data"] == {
-        "round": 1, "total_rounds": 3, "phase": "train", "clients": [client]
+        "round": 1,
+        "total_rounds": 3,
+        "phase": "train",
+        "clients": [client],
     }
     stopping = by_type["early_stopping"]["data"]
     assert stopping["epoch"] == 4 and stopping["patience"] == 3
@@ -198,12 +218,17 @@ def test_every_message_type_has_the_designed_envelope(server: AckServer, make_se
     assert "val_auroc" in stopping["reason"] and "3" in stopping["reason"]
     assert by_type["error"]["data"] == {"error": "CUDA out of memory", "error_type": "RuntimeError"}
     assert by_type["training_end"]["data"] == {
-        "run_id": "run-7", "status": "completed", "best_round": 2, "final_metrics": METRICS
+        "run_id": "run-7",
+        "status": "completed",
+        "best_round": 2,
+        "final_metrics": METRICS,
     }
     assert by_type["custom_metrics"]["data"] == {"lr": 0.01}
 
 
-def test_a_thousand_messages_arrive_in_order_on_one_connection(server: AckServer, make_sender) -> None:
+def test_a_thousand_messages_arrive_in_order_on_one_connection(
+    server: AckServer, make_sender
+) -> None:
     sender = make_sender(server.url)
     for epoch in range(1000):
         assert sender.send_epoch_end(epoch, "train", METRICS)
@@ -231,8 +256,14 @@ def test_numpy_and_torch_values_are_encoded(server: AckServer, make_sender) -> N
     assert epoch_end["data"] == {
         "epoch": 2,
         "phase": "train",
-        "metrics": {"loss": 0.5, "accuracy": 0.75, "f1": 0.25, "auroc": "NaN",
-                    "precision": "Infinity", "recall": "-Infinity"},
+        "metrics": {
+            "loss": 0.5,
+            "accuracy": 0.75,
+            "f1": 0.25,
+            "auroc": "NaN",
+            "precision": "Infinity",
+            "recall": "-Infinity",
+        },
     }
     assert mode["data"] == {"is_federated": False, "num_rounds": 5, "num_clients": 1}
 
@@ -338,7 +369,9 @@ def test_a_rejected_message_is_dropped_and_its_reason_logged_once(
         assert sender.flush(WAIT)
         assert [m["type"] for m in server.stored] == ["epoch_end"]
         assert server.frames == 4  # nothing resent
-    reasons = [r.getMessage() for r in caplog.records if "errors are not allowed here" in r.getMessage()]
+    reasons = [
+        r.getMessage() for r in caplog.records if "errors are not allowed here" in r.getMessage()
+    ]
     assert len(reasons) == 1
     assert sender.stats().rejected == 3
 
@@ -349,8 +382,11 @@ def test_a_rejected_message_is_dropped_and_its_reason_logged_once(
 def test_several_threads_at_once_lose_nothing(server: AckServer, make_sender) -> None:
     sender = make_sender(server.url)
     threads = [
-        threading.Thread(target=lambda t=t: [sender.send_round_metrics(i, 250, {"thread": t})
-                                             for i in range(250)])
+        threading.Thread(
+            target=lambda t=t: [
+                sender.send_round_metrics(i, 250, {"thread": t}) for i in range(250)
+            ]
+        )
         for t in range(8)
     ]
     for thread in threads:
