@@ -234,7 +234,8 @@ class MessageStore:
 
     def _mode(self, run_id: str) -> str | None:
         row = self._db.execute(
-            "SELECT body FROM messages WHERE run_id = ? AND type = ? ORDER BY seq DESC LIMIT 1",
+            # A run declares its mode at its start: the first one is found at once.
+            "SELECT body FROM messages WHERE run_id = ? AND type = ? ORDER BY seq LIMIT 1",
             (run_id, _MODE_TYPE),
         ).fetchone()
         if row is None:
