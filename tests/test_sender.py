@@ -477,5 +477,7 @@ def test_the_real_relay_stores_each_message_once(
     with caplog.at_level(logging.WARNING, logger="fl_stream.sender"):
         intruder = make_sender(relay.ws_url, run_id="real", token="wrong")
         intruder.send_epoch_end(99, "train", METRICS)
-        assert not intruder.flush(0.5)
-    assert any("HTTP 401" in record.getMessage() for record in caplog.records)
+        assert wait_until(lambda: any("HTTP 401" in r.getMessage() for r in caplog.records))
+        assert intruder.stats().pending == 1
+    stored = get_json(f"{relay.http_url}/api/runs/real/metrics")["messages"]
+    assert 99 not in epochs(stored)
