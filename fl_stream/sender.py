@@ -755,19 +755,30 @@ class MetricsWebSocketSender:
                     exc,
                 )
                 continue
-            kind, data = reply["type"], reply["data"]
+            kind, data, msg_id = reply["type"], reply["data"], reply["data"].get("msg_id")
             link.acks_seen = True
             link.at_most_once = False  # a slow first ack: track acks again from now on
+            if kind == "rejected" and msg_id is None:
+                # Not attributable to one message (e.g. the relay's store failed): resend
+                # everything it has not acked, on a new connection after a backoff.
+                self._report_once(
+                    f"rejected:{data['reason']}",
+                    logging.WARNING,
+                    "fl-stream: relay refused a message without naming it (%s); reconnecting "
+                    "to resend what it has not acknowledged",
+                    data["reason"],
+                )
+                await connection.close(reason="resending unacknowledged messages")
+                return
             if kind == "rejected":
                 self._report_once(
                     f"rejected:{data['reason']}",
                     logging.ERROR,
                     "fl-stream: relay rejected message %s: %s (kept in %s, not resent)",
-                    data.get("msg_id"),
+                    msg_id,
                     data["reason"],
                     self.log_path,
                 )
-            msg_id = data.get("msg_id")
             if msg_id in self._in_flight:
                 self._settle(msg_id, "acked" if kind == "ack" else "rejected")
                 self._outbox_ready.set()  # the in-flight window may have room again

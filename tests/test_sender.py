@@ -51,6 +51,8 @@ class AckServer:
         drop_at: after storing the message with this number (1-based, counting stored
             messages), abort the connection before acking it, once.
         reject: returns a reason to refuse a message, or None to accept it.
+        store_fails_at: refuse the frame with this number (1-based) without naming it, once,
+            as the relay does when its store fails ("send it again").
     """
 
     def __init__(
@@ -60,6 +62,7 @@ class AckServer:
         ack: bool = True,
         drop_at: int | None = None,
         reject: Callable[[Message], str | None] = lambda message: None,
+        store_fails_at: int | None = None,
     ) -> None:
         self.port = port or free_port()
         self.url = f"ws://127.0.0.1:{self.port}"
@@ -70,6 +73,7 @@ class AckServer:
         self._ack = ack
         self._drop_at = drop_at
         self._reject = reject
+        self._store_fails_at = store_fails_at
         self._seen: dict[tuple[str, str], int] = {}
         self._ready = threading.Event()
         self._loop = asyncio.new_event_loop()
@@ -103,6 +107,9 @@ class AckServer:
 
     async def _take(self, websocket: ServerConnection, message: Message) -> None:
         msg_id = message.get("msg_id")
+        if self.frames == self._store_fails_at:
+            await websocket.send(_reply("rejected", {"reason": "store failed; send it again"}))
+            return
         reason = self._reject(message)
         if reason is not None:
             await websocket.send(_reply("rejected", {"reason": reason, "msg_id": msg_id}))
@@ -321,6 +328,17 @@ def test_a_dropped_connection_resends_without_loss_or_duplicate(make_sender) -> 
         assert server.connections == 2
         # Message 300 was stored but not acked: it was resent, and the server saw it twice.
         assert server.frames > 1000 and sender.stats().resent >= 1
+
+
+def test_a_refusal_without_msg_id_resends_on_a_new_connection(make_sender) -> None:
+    with AckServer(store_fails_at=50) as server:
+        sender = make_sender(server.url)
+        for epoch in range(100):
+            sender.send_epoch_end(epoch, "train", METRICS)
+        assert sender.flush(WAIT)
+        # Each message stored once; the refused one lands after those the relay took after it.
+        assert sorted(epochs(server.stored)) == list(range(100))
+        assert server.connections == 2 and sender.stats().rejected == 0
 
 
 def test_a_full_queue_drops_the_oldest_counts_and_logs_them(
