@@ -43,13 +43,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus, InvalidURI
 from websockets.uri import parse_uri
 
-from .messages import (
-    Message,
-    MessageError,
-    encode_message,
-    make_message,
-    validate_message,
-)
+from .messages import Message, MessageError, encode_message, make_message, validate_message
 from .runlog import JsonlLog, default_log_path
 
 __all__ = ["MetricsWebSocketSender", "SenderStats"]
@@ -88,8 +82,10 @@ class SenderStats:
 
 def backoff_delays(initial: float, maximum: float) -> Generator[float, None, None]:
     """Yield capped exponential reconnection delays with jitter (50-100 % of each step)."""
-    for attempt in itertools.count():
-        yield min(maximum, initial * 2**attempt) * random.uniform(0.5, 1.0)
+    delay = initial
+    while True:  # an outage may last for hours: no exponent that could overflow
+        yield delay * random.uniform(0.5, 1.0)
+        delay = min(maximum, delay * 2)
 
 
 @dataclass
@@ -123,6 +119,9 @@ class MetricsWebSocketSender:
 
     Every ``send_*`` method returns ``True`` when the message was accepted and ``False``
     when it was refused (an invalid value, or the sender is closed); it never raises.
+
+    Raises:
+        ValueError: ``max_queue``, ``max_in_flight`` or ``max_message_bytes`` is below 1.
     """
 
     def __init__(
@@ -627,8 +626,8 @@ class MetricsWebSocketSender:
         """Warn once per outage; returning None tells websockets to back off and retry."""
         if isinstance(exc, InvalidStatus) and exc.response.status_code in (401, 403):
             reason = (
-                f"HTTP {exc.response.status_code}: the relay refused the publisher "
-                "token; check token="
+                f"HTTP {exc.response.status_code}: the relay refused the publisher token; "
+                "check the token given to the sender"
             )
         else:
             reason = f"{type(exc).__name__}: {exc}"
