@@ -17,7 +17,7 @@ import asyncio
 import json
 import logging
 import sqlite3
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from websockets.asyncio.server import ServerConnection, broadcast
@@ -65,6 +65,9 @@ class _Client:
     can_publish: bool
     # False until its first subscribe: until then it receives every live message.
     subscribed: bool = False
+    # Subscription (a run id, None: all runs) -> the newest row id when it went live: every
+    # later message it matches has been sent to this connection already.
+    live_from: dict[str | None, int] = field(default_factory=dict)
 
 
 @dataclass
@@ -155,7 +158,7 @@ class Hub:
         if kind == "subscribe":
             await self._subscribe(websocket, client, message["data"])
         elif kind == "unsubscribe":
-            self._unsubscribe(websocket, message["data"].get("run_id"))
+            self._unsubscribe(websocket, client, message["data"].get("run_id"))
         elif kind == "ping":
             self._reply(websocket, _control("pong", {}))
         elif kind in CONTROL_TYPES:
@@ -275,12 +278,13 @@ class Hub:
             client.subscribed = True
             self._every_run.discard(websocket)
         if since is not None:
-            await self._replay(websocket, run_id, since)
+            await self._replay(websocket, client, run_id, since)
             if websocket not in self._clients:  # it went away or was evicted meanwhile
                 return
         # No await since the last flush (and the replay's last, empty page): every message
         # up to last_seq was sent to it or is stored for it; every later one comes live.
         self.flush()
+        client.live_from.setdefault(run_id, self.store.last_id())
         if run_id is None:
             self._every_run.add(websocket)
         else:
@@ -288,12 +292,21 @@ class Hub:
         last_seq = None if run_id is None else self.store.last_seq(run_id)
         self._send(websocket, _control("replay_end", {"run_id": run_id, "last_seq": last_seq}))
 
-    async def _replay(self, websocket: ServerConnection, run_id: str | None, since: int) -> None:
-        """Send the stored messages after ``since``, a page at a time, until none are left."""
+    async def _replay(
+        self, websocket: ServerConnection, client: _Client, run_id: str | None, since: int
+    ) -> None:
+        """Send the stored messages after ``since``, a page at a time, until none are left.
+
+        A connection already live on these messages (through an earlier subscription to all
+        runs, or to this run) gets only those stored before it went live: it has the others.
+        """
+        keys = (None,) if run_id is None else (None, run_id)
+        starts = [client.live_from[key] for key in keys if key in client.live_from]
+        until_id = min(starts) if starts else None
         after = 0
         while True:
             self.flush()  # every inserted message is committed and broadcast: none pending
-            page = self.store.replay_page(run_id, since, after, REPLAY_PAGE)
+            page = self.store.replay_page(run_id, since, after, until_id, REPLAY_PAGE)
             if not page:
                 return
             after = page[-1][0]
@@ -305,7 +318,10 @@ class Hub:
             except ConnectionClosed:
                 return
 
-    def _unsubscribe(self, websocket: ServerConnection, run_id: str | None) -> None:
+    def _unsubscribe(
+        self, websocket: ServerConnection, client: _Client, run_id: str | None
+    ) -> None:
+        client.live_from.pop(run_id, None)
         if run_id is None:  # also ends the receive-everything of a never-subscribed one
             self._every_run.discard(websocket)
         else:

@@ -164,19 +164,31 @@ class MessageStore:
         return self._last_seq.get(run_id, 0)
 
     def replay_page(
-        self, run_id: str | None, since: int, after: int, limit: int
+        self, run_id: str | None, since: int, after: int, until_id: int | None, limit: int
     ) -> list[tuple[int, str]]:
         """Return up to ``limit`` stored messages with ``seq > since`` as ``(cursor, body)``.
 
         For one run they come in seq order and the cursor is the seq; for all runs
         (``run_id`` None) they come in storage order and the cursor is the row id. Pass the
-        last cursor back as ``after`` (0 at first) to read the next page.
+        last cursor back as ``after`` (0 at first) to read the next page. ``until_id`` (from
+        :meth:`last_id`; None: no limit) leaves out the messages stored after that row.
         """
+        end = until_id if until_id is not None else -1  # -1: no limit
         if run_id is None:
-            query = "SELECT id, body FROM messages WHERE id > ? AND seq > ? ORDER BY id LIMIT ?"
-            return self._db.execute(query, (after, since, limit)).fetchall()
-        query = "SELECT seq, body FROM messages WHERE run_id = ? AND seq > ? ORDER BY seq LIMIT ?"
-        return self._db.execute(query, (run_id, max(after, since), limit)).fetchall()
+            query = (
+                "SELECT id, body FROM messages WHERE id > ? AND seq > ? AND (? < 0 OR id <= ?)"
+                " ORDER BY id LIMIT ?"
+            )
+            return self._db.execute(query, (after, since, end, end, limit)).fetchall()
+        query = (
+            "SELECT seq, body FROM messages WHERE run_id = ? AND seq > ? AND (? < 0 OR id <= ?)"
+            " ORDER BY seq LIMIT ?"
+        )
+        return self._db.execute(query, (run_id, max(after, since), end, end, limit)).fetchall()
+
+    def last_id(self) -> int:
+        """The row id of the newest stored message (0 when there is none)."""
+        return self._db.execute("SELECT COALESCE(MAX(id), 0) FROM messages").fetchone()[0]
 
     def run_bodies(self, run_id: str, since: int = 0) -> list[str]:
         """Return the encoded messages of ``run_id`` with ``seq > since``, in seq order."""

@@ -262,6 +262,24 @@ def test_dashboard_reconnecting_with_since_misses_nothing_and_gets_no_duplicate(
     assert seqs(received) == list(range(6, total + 1))
 
 
+def test_replay_to_a_connection_already_live_on_all_runs_sends_nothing_twice(
+    relay: RelayProcess,
+) -> None:
+    # The dashboard's pattern: all runs live (to notice new runs), then the shown run's history.
+    stored, total = 1000, 4000
+    publish(relay.ws_url, [epoch_end("run", e) for e in range(1, stored + 1)])
+    with ListeningClient(relay.ws_url, run_id=None, subscribe=True) as dashboard:
+        messages = [epoch_end("run", e) for e in range(stored + 1, total + 1)]
+        publisher = threading.Thread(target=publish, args=(relay.ws_url, messages))
+        publisher.start()
+        # Subscribe while the run is publishing, so live messages arrive during the replay.
+        dashboard.wait_for(lambda msgs: len(seqs(msgs)) >= 100)
+        dashboard.subscribe("run", since=0)
+        publisher.join()
+        received = dashboard.wait_for(lambda msgs: len(seqs(msgs)) >= total)
+    assert sorted(seqs(received)) == list(range(1, total + 1))  # each exactly once
+
+
 def test_subscribing_to_all_runs_since_replays_in_storage_order(relay: RelayProcess) -> None:
     publish(
         relay.ws_url, [epoch_end("a", 1), epoch_end("b", 1), epoch_end("a", 2), epoch_end("b", 2)]
