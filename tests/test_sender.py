@@ -12,6 +12,8 @@ import asyncio
 import json
 import logging
 import math
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -448,6 +450,22 @@ def test_close_with_the_relay_down_returns_after_its_timeout(make_sender, tmp_pa
     sender.send_epoch_end(1, "train", METRICS)
     assert sender.close(timeout=0.2) is False
     assert epochs(list(read_log(tmp_path / "x.jsonl"))) == [1]
+
+
+def test_an_unclosed_sender_delivers_at_interpreter_exit(server: AckServer, tmp_path: Path) -> None:
+    script = (
+        "import sys\n"
+        "from fl_stream.sender import MetricsWebSocketSender\n"
+        "sender = MetricsWebSocketSender(sys.argv[1], log_path=sys.argv[2], exit_timeout=5)\n"
+        "for epoch in range(50):\n"
+        "    sender.send_epoch_end(epoch, 'train', {'loss': 0.5})\n"
+    )
+    log_path = tmp_path / "exit.jsonl"
+    subprocess.run(
+        [sys.executable, "-c", script, server.url, str(log_path)], check=True, timeout=60
+    )
+    assert epochs(server.stored) == list(range(50))
+    assert epochs(list(read_log(log_path))) == list(range(50))
 
 
 def test_the_publisher_token_is_sent_as_a_bearer_header(server: AckServer, make_sender) -> None:
