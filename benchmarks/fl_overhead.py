@@ -1,0 +1,119 @@
+"""What streaming costs a federated run: the same small `flwr run` with streaming on and off.
+
+"on" streams every message to a real relay (started here on a free port); "off" sets
+``relay-url=""`` so the sender only writes the local JSONL log. Both runs use one SuperLink of
+our own (its own ``FLWR_HOME`` and ports), started and warmed before timing and stopped by pid
+at the end. With ``--repeats N`` the order alternates (on/off, off/on, ...) and medians count.
+
+Two figures per run: the wall time of ``flwr run . --stream`` (what a user waits; includes
+Ray start-up and Flower's 3 s polling of the grid) and the strategy's own time as Flower logs
+it ("Strategy execution finished in ..."). The last line is one JSON object with ``on_s``,
+``off_s`` and ``ratio`` (wall times) plus the strategy figures.
+
+    .venv/bin/python benchmarks/fl_overhead.py [--clients 2] [--rounds 3] [--repeats 1]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from fl_stream.local_flower import (  # noqa: E402
+    PROJECT_DIR,
+    flwr_command,
+    flwr_environment,
+    free_port,
+    stop_superlink,
+)
+from fl_stream.runlog import read_log  # noqa: E402
+from tests.support import RelayProcess, get_json  # noqa: E402
+
+RUN_TIMEOUT = 600
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--clients", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--samples-per-client", type=int, default=100)
+    parser.add_argument("--repeats", type=int, default=1)
+    args = parser.parse_args()
+
+    with tempfile.TemporaryDirectory(prefix="fl-overhead-") as tmp:
+        home = Path(tmp) / "flwr-home"
+        env = flwr_environment(home, http_port=free_port(), control_port=free_port())
+        relay = RelayProcess(Path(tmp) / "relay.db").start()
+        try:
+            # `flwr ls` starts the local SuperLink, so neither timed run pays for it.
+            subprocess.run([*flwr_command()[:1], "ls"], cwd=PROJECT_DIR, env=env,
+                           capture_output=True, timeout=120, check=False)
+            times: dict[str, list[tuple[float, float]]] = {"on": [], "off": []}
+            for repeat in range(args.repeats):
+                order = ("on", "off") if repeat % 2 == 0 else ("off", "on")
+                for mode in order:
+                    url = relay.ws_url if mode == "on" else ""
+                    wall, strategy = _timed_run(env, args, url, Path(tmp) / mode, relay)
+                    times[mode].append((wall, strategy))
+                    print(f"streaming {mode:3}: flwr run {wall:6.1f} s, strategy {strategy:6.1f} s",
+                          flush=True)
+        finally:
+            stop_superlink(home)
+            relay.stop()
+
+    on_wall, on_strategy = (statistics.median(x) for x in zip(*times["on"]))
+    off_wall, off_strategy = (statistics.median(x) for x in zip(*times["off"]))
+    print(json.dumps({
+        "clients": args.clients,
+        "rounds": args.rounds,
+        "repeats": args.repeats,
+        "on_s": round(on_wall, 2),
+        "off_s": round(off_wall, 2),
+        "ratio": round(on_wall / off_wall, 3),
+        "on_strategy_s": round(on_strategy, 2),
+        "off_strategy_s": round(off_strategy, 2),
+        "strategy_ratio": round(on_strategy / off_strategy, 3),
+    }))
+
+
+def _timed_run(
+    env: dict[str, str], args: argparse.Namespace, relay_url: str, log_dir: Path,
+    relay: RelayProcess,
+) -> tuple[float, float]:
+    """One `flwr run`; returns (wall seconds, strategy seconds) after checking it streamed."""
+    command = flwr_command(
+        num_supernodes=args.clients,
+        run_config={
+            "num-server-rounds": args.rounds,
+            "samples-per-client": args.samples_per_client,
+            "relay-url": relay_url,
+            "metrics-log-dir": str(log_dir),
+        },
+    )
+    started = time.perf_counter()
+    done = subprocess.run(command, cwd=PROJECT_DIR, env=env, capture_output=True, text=True,
+                          timeout=RUN_TIMEOUT, check=False)
+    wall = time.perf_counter() - started
+    output = done.stdout + done.stderr
+    run_id = re.search(r"Successfully started run (\d+)", output)
+    strategy = re.search(r"Strategy execution finished in ([\d.]+)s", output)
+    if done.returncode != 0 or not run_id or not strategy:
+        sys.exit(f"flwr run failed (exit {done.returncode}):\n{output[-3000:]}")
+    logged = list(read_log(log_dir / f"{run_id.group(1)}.jsonl"))
+    if not logged or logged[-1]["type"] != "training_end":
+        sys.exit(f"run {run_id.group(1)}: the JSONL log is incomplete")
+    if relay_url and run_id.group(1) not in json.dumps(get_json(f"{relay.http_url}/api/runs")):
+        sys.exit(f"run {run_id.group(1)} did not reach the relay")
+    return wall, float(strategy.group(1))
+
+
+if __name__ == "__main__":
+    main()
