@@ -70,9 +70,28 @@ def to_json_value(value: Any, field: str = "data") -> Any:
         EncodingError: ``value`` (or something inside it) cannot be encoded; the message
             names its path, e.g. ``data.metrics.loss``.
     """
+    try:
+        return _plain(value)
+    except _Unencodable as exc:
+        raise EncodingError(f"{field}{exc.path}: {exc.problem}") from None
+
+
+class _Unencodable(Exception):
+    """Raised by :func:`_plain`; each container adds its key to ``path`` on the way up.
+
+    Building the path only on failure keeps the common case cheap: this runs on the
+    training thread for every message.
+    """
+
+    def __init__(self, problem: str) -> None:
+        super().__init__(problem)
+        self.problem = problem
+        self.path = ""
+
+
+def _plain(value: Any) -> Any:
     kind = type(value)
-    # Exact-type checks first: metrics are mostly plain floats and this runs on the
-    # training thread for every message.
+    # Exact-type checks first: metrics are mostly plain floats.
     if kind is float:
         return value if math.isfinite(value) else _non_finite_name(value)
     if kind is str or kind is int or kind is bool or value is None:
@@ -81,16 +100,25 @@ def to_json_value(value: Any, field: str = "data") -> Any:
         out = {}
         for key, item in value.items():
             if not isinstance(key, str):
-                raise EncodingError(
-                    f"{field}: keys must be strings, got {type(key).__name__} {key!r}"
-                )
-            out[key] = to_json_value(item, f"{field}.{key}")
+                raise _Unencodable(f"keys must be strings, got {type(key).__name__} {key!r}")
+            try:
+                out[key] = _plain(item)
+            except _Unencodable as exc:
+                exc.path = f".{key}{exc.path}"
+                raise
         return out
     if isinstance(value, (list, tuple)):
-        return [to_json_value(item, f"{field}[{i}]") for i, item in enumerate(value)]
+        items = []
+        for i, item in enumerate(value):
+            try:
+                items.append(_plain(item))
+            except _Unencodable as exc:
+                exc.path = f"[{i}]{exc.path}"
+                raise
+        return items
     # Subclasses of the plain types: numpy.float64, IntEnum, (str, Enum) members.
     if isinstance(value, float):
-        return to_json_value(float(value), field)
+        return _plain(float(value))
     if isinstance(value, int):
         return int(value)
     if isinstance(value, str):
@@ -99,15 +127,15 @@ def to_json_value(value: Any, field: str = "data") -> Any:
     if callable(item):
         count = _element_count(value)
         if count == 1:
-            return to_json_value(_as_python_scalar(item(), field), field)
-        raise EncodingError(
-            f"{field}: cannot encode {kind.__name__} with {count} elements as one value; "
+            return _plain(_as_python_scalar(item()))
+        raise _Unencodable(
+            f"cannot encode {kind.__name__} with {count} elements as one value; "
             "pass a scalar (e.g. tensor.item()) or a list (e.g. array.tolist())"
         )
     if isinstance(value, numbers.Real):
-        return to_json_value(float(value), field)
-    raise EncodingError(
-        f"{field}: cannot encode {kind.__name__} as JSON; "
+        return _plain(float(value))
+    raise _Unencodable(
+        f"cannot encode {kind.__name__} as JSON; "
         "pass a number, string, bool, list, dict, numpy scalar or one-element tensor"
     )
 
@@ -125,10 +153,10 @@ def _element_count(value: Any) -> int:
     return int(size) if size is not None else 1
 
 
-def _as_python_scalar(item: Any, field: str) -> Any:
+def _as_python_scalar(item: Any) -> Any:
     if isinstance(item, (bool, int, float, str)):
         return item
-    raise EncodingError(f"{field}: cannot encode {type(item).__name__} as JSON")
+    raise _Unencodable(f"cannot encode {type(item).__name__} as JSON")
 
 
 _ENCODER = json.JSONEncoder(separators=(",", ":"), allow_nan=False)
@@ -166,10 +194,10 @@ def _is_count(value: Any) -> bool:
 
 
 def _is_number(value: Any) -> bool:
-    if isinstance(value, bool):
-        return False
-    if isinstance(value, (int, float)):
+    if isinstance(value, float):
         return math.isfinite(value)
+    if isinstance(value, int):  # never infinite, however large (math.isfinite would overflow)
+        return not isinstance(value, bool)
     return isinstance(value, str) and value in NON_FINITE
 
 
@@ -178,9 +206,12 @@ def _is_metric_value(value: Any) -> bool:
 
 
 def _is_metrics(value: Any) -> bool:
-    return isinstance(value, dict) and all(
-        isinstance(k, str) and _is_metric_value(v) for k, v in value.items()
-    )
+    if not isinstance(value, dict):
+        return False
+    for key, item in value.items():  # a plain loop: cheaper than all() over a generator
+        if not (isinstance(key, str) and (item is None or _is_number(item))):
+            return False
+    return True
 
 
 def _is_text(value: Any) -> bool:

@@ -268,3 +268,11 @@ def test_encoding_is_compact_valid_json() -> None:
     text = encode_message(message)
     assert ", " not in text and ": " not in text
     assert json.loads(text) == message
+
+
+def test_huge_integers_validate_without_overflow() -> None:
+    message = decode_message(
+        '{"type": "epoch_end", "timestamp": "2026-01-01T00:00:00Z", '
+        '"data": {"epoch": 1, "phase": "val", "metrics": {"n": 1' + "0" * 400 + "}}}"
+    )
+    assert message["data"]["metrics"]["n"] == 10**400
