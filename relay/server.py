@@ -84,7 +84,8 @@ def open_store(config: RelayConfig) -> MessageStore:
         return MessageStore(config.db)
     except (OSError, sqlite3.Error) as exc:
         raise RelayStartError(
-            f"cannot open database {config.db}: {exc}; pass a writable --db path"
+            f"cannot open database {config.db}: {exc}; "
+            "pass another --db (writable, and not used by another relay)"
         ) from None
 
 

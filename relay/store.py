@@ -11,10 +11,11 @@ acknowledges anything in that batch (see ``relay/hub.py``).
 
 from __future__ import annotations
 
+import fcntl
 import json
 import sqlite3
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from fl_stream.messages import EncodingError, Message, encode_message
 
@@ -57,6 +58,7 @@ class MessageStore:
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = _lock_exclusively(self.path.with_name(self.path.name + ".lock"))
         # isolation_level=None: transactions are opened and closed here, explicitly.
         self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         self._db.execute("PRAGMA journal_mode=WAL")
@@ -149,6 +151,7 @@ class MessageStore:
             if self._checkpointer is not None:
                 self._checkpointer.close()
             self._db.close()
+            self._lock.close()
 
     # ----------------------------------------------------------------------- reads
 
@@ -253,6 +256,23 @@ class MessageStore:
         if row is None:
             return None
         return "federated" if json.loads(row[0])["data"]["is_federated"] else "centralized"
+
+
+def _lock_exclusively(path: Path) -> IO[str]:
+    """Hold an exclusive lock on ``path`` while the returned file is open.
+
+    Two relays on one database would give the same seq twice; the second one stops instead.
+
+    Raises:
+        OSError: another process holds the lock (or the file cannot be created).
+    """
+    lock = open(path, "a")  # noqa: SIM115 - kept open: the lock lasts as long as the file
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        lock.close()
+        raise OSError(f"another relay is using it (lock {path} is held)") from None
+    return lock
 
 
 def _status(end: Message | None) -> str:

@@ -516,6 +516,14 @@ def test_unwritable_database_is_a_one_line_error(tmp_path: Path) -> None:
     assert "cannot open database" in result.stderr
 
 
+def test_a_second_relay_on_the_same_database_is_a_one_line_error(relay: RelayProcess) -> None:
+    result = run_relay_cli("--port", str(free_port()), "--db", str(relay.db_path))
+    assert result.returncode != 0
+    assert result.stderr.strip().count("\n") == 0
+    assert "another relay is using it" in result.stderr
+    assert get_json(f"{relay.http_url}/healthz") == {"status": "ok"}  # the first one is fine
+
+
 def test_closed_connection_mid_send_does_not_disturb_others(relay: RelayProcess) -> None:
     with ListeningClient(relay.ws_url) as dashboard:
         with connect(relay.ws_url) as quitter:
