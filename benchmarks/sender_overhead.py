@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import logging
 import os
 import socket
 import statistics
@@ -33,6 +34,7 @@ import sys
 import tempfile
 import time
 import urllib.request
+from collections import defaultdict
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -53,6 +55,7 @@ METRICS = {
     "auroc": 0.93,
 }
 PACE_S = 0.001
+ROUNDS = 5
 FLUSH_TIMEOUT_S = 30.0
 
 
@@ -116,18 +119,19 @@ def time_calls(call: Callable[[int], object], calls: int, pace_s: float) -> list
 
 
 def sender_row(
-    url: str, log_dir: Path, name: str, calls: int, pace_s: float, expect_delivery: bool
+    url: str, log_path: Path, calls: int, pace_s: float = 0.0, *, relay_up: bool
 ) -> list[float]:
+    """Time ``send_epoch_end`` calls; with the relay up, check that all were delivered."""
     sender = MetricsWebSocketSender(
-        url, run_id=name, log_path=log_dir / f"{name}.jsonl", max_queue=max(10_000, calls)
+        url, run_id=log_path.stem, log_path=log_path, max_queue=max(10_000, calls)
     )
     try:
         time.sleep(0.3)  # let it connect (or fail to) before timing
         durations = time_calls(lambda i: sender.send_epoch_end(i, "train", METRICS), calls, pace_s)
-        if expect_delivery and not sender.flush(FLUSH_TIMEOUT_S):
-            raise RuntimeError(f"{name}: messages not delivered: {sender.stats()}")
+        if relay_up and not sender.flush(FLUSH_TIMEOUT_S):
+            raise RuntimeError(f"{log_path.stem}: messages not delivered: {sender.stats()}")
     finally:
-        sender.close(timeout=0.5 if not expect_delivery else FLUSH_TIMEOUT_S)
+        sender.close(timeout=FLUSH_TIMEOUT_S if relay_up else 0.5)
     return durations
 
 
@@ -147,9 +151,9 @@ def naive_row(url: str, calls: int) -> list[float]:
     return time_calls(call, calls, 0)
 
 
-def caller_side_log_row(log_dir: Path, calls: int) -> list[float]:
+def caller_side_log_row(log_dir: Path, name: str, calls: int) -> list[float]:
     """What a call would add if the calling thread encoded and appended the log line."""
-    log = JsonlLog(log_dir / "caller-side.jsonl")
+    log = JsonlLog(log_dir / f"{name}.jsonl")
     messages = [
         make_message(
             "epoch_end",
@@ -176,23 +180,35 @@ def main() -> None:
     parser.add_argument("--naive-calls", type=int, default=200, help="timed calls for row (c)")
     args = parser.parse_args()
 
-    rows: dict[str, list[float]] = {}
+    # The outage warnings of row (b) are expected; keep the table readable.
+    logging.getLogger("fl_stream.sender").setLevel(logging.ERROR)
+    rows: dict[str, list[float]] = defaultdict(list)
     with tempfile.TemporaryDirectory(prefix="fl-stream-bench-") as tmp:
         workdir = Path(tmp)
-        with relay_process(workdir) as url:
-            rows["(a) relay up"] = sender_row(url, workdir, "up", args.calls, 0, True)
-            rows["(c) naive asyncio.run per message"] = naive_row(url, args.naive_calls)
-            rows["(a) relay up, paced 1/ms"] = sender_row(
-                url, workdir, "up-paced", args.paced_calls, PACE_S, True
-            )
         down_url = f"ws://127.0.0.1:{free_port()}"
-        rows["(b) nothing listening"] = sender_row(down_url, workdir, "down", args.calls, 0, False)
-        rows["(b) nothing listening, paced 1/ms"] = sender_row(
-            down_url, workdir, "down-paced", args.paced_calls, PACE_S, False
-        )
-        rows["caller-side log write, paced (not used)"] = caller_side_log_row(
-            workdir, args.paced_calls
-        )
+        with relay_process(workdir) as url:
+            # Rounds interleave the rows, so that the shared machine's changing load falls
+            # on all of them alike.
+            calls, paced_calls = args.calls // ROUNDS, args.paced_calls // ROUNDS
+            for r in range(ROUNDS):
+                rows["(a) relay up"] += sender_row(
+                    url, workdir / f"up-{r}.jsonl", calls, relay_up=True
+                )
+                rows["(b) nothing listening"] += sender_row(
+                    down_url, workdir / f"down-{r}.jsonl", calls, relay_up=False
+                )
+                rows["(a) relay up, paced 1/ms"] += sender_row(
+                    url, workdir / f"up-paced-{r}.jsonl", paced_calls, PACE_S, relay_up=True
+                )
+                rows["(b) nothing listening, paced 1/ms"] += sender_row(
+                    down_url, workdir / f"down-paced-{r}.jsonl", paced_calls, PACE_S, relay_up=False
+                )
+                rows["(c) naive asyncio.run per message"] += naive_row(
+                    url, args.naive_calls // ROUNDS
+                )
+                rows["caller-side log write, paced (not used)"] += caller_side_log_row(
+                    workdir, f"caller-side-{r}", args.paced_calls // ROUNDS
+                )
 
     figures = {name: (statistics.median(v), percentile(v, 99), len(v)) for name, v in rows.items()}
     print(
