@@ -515,5 +515,6 @@ def test_the_real_relay_stores_each_message_once(
         intruder.send_epoch_end(99, "train", METRICS)
         assert wait_until(lambda: any("HTTP 401" in r.getMessage() for r in caplog.records))
         assert intruder.stats().pending == 1
+        assert intruder.close(timeout=0.1) is False
     stored = get_json(f"{relay.http_url}/api/runs/real/metrics")["messages"]
     assert 99 not in epochs(stored)
