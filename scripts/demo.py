@@ -29,6 +29,7 @@ from fl_stream.local_flower import (  # noqa: E402
     free_port,
     stop_superlink,
 )
+from fl_stream.runlog import read_log  # noqa: E402
 
 RUNS_DIR = PROJECT_DIR / "runs"
 FLWR_HOME = RUNS_DIR / "flwr-home"
@@ -59,6 +60,12 @@ def main() -> int:
             print(f"Stopped the relay (pid {relay.pid}); its database stays at {RELAY_DB}.")
     if run_id is None:
         print("The federated run did not start; see the output above.", file=sys.stderr)
+        return 1
+    status = _final_status(RUNS_DIR / f"{run_id}.jsonl")
+    if status != "completed":
+        # `flwr run --stream` exits 0 even when the ServerApp fails: the log tells.
+        print(f"Run {run_id} did not complete (status: {status}); see the output above.",
+              file=sys.stderr)
         return 1
     print(
         f"\nRun {run_id} is stored. To look at it again:\n"
@@ -143,6 +150,16 @@ def _run_federation(args: argparse.Namespace) -> str | None:
     if flwr.returncode != 0:
         print(f"flwr run exited with code {flwr.returncode}", file=sys.stderr)
     return run_id
+
+
+def _final_status(log_path: Path) -> str:
+    """The status in the run's ``training_end`` message, or why there is none."""
+    try:
+        messages = list(read_log(log_path))
+    except OSError:
+        return f"no run log at {log_path}"
+    ends = [m["data"].get("status") for m in messages if m.get("type") == "training_end"]
+    return ends[-1] if ends else "no training_end message"
 
 
 def _stop(process: subprocess.Popen, timeout: float = 10.0) -> None:
