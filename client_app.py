@@ -23,10 +23,12 @@ app = ClientApp()
 def train(msg: Message, context: Context) -> Message:
     """Train the received model on the local partition for ``local-epochs`` epochs."""
     config = RunConfig.from_run_config(context.run_config)
+    _limit_threads()
     model = _received_model(msg, config)
     train_set, _ = _local_data(context, config)
-    generator = torch.Generator().manual_seed(config.seed + int(msg.content["config"]["server-round"]))
-    loader = DataLoader(train_set, batch_size=config.batch_size, shuffle=True, generator=generator)
+    server_round = int(msg.content["config"]["server-round"])
+    shuffle = torch.Generator().manual_seed(config.seed + server_round)  # reproducible runs
+    loader = DataLoader(train_set, batch_size=config.batch_size, shuffle=True, generator=shuffle)
     optimizer = torch.optim.SGD(model.parameters(), lr=config.learning_rate, momentum=0.9)
 
     started = time.perf_counter()
@@ -43,6 +45,7 @@ def train(msg: Message, context: Context) -> Message:
 def evaluate(msg: Message, context: Context) -> Message:
     """Evaluate the received model on the local partition's held-out part."""
     config = RunConfig.from_run_config(context.run_config)
+    _limit_threads()
     model = _received_model(msg, config)
     _, eval_set = _local_data(context, config)
     loader = DataLoader(eval_set, batch_size=max(config.batch_size, 128))
@@ -52,7 +55,6 @@ def evaluate(msg: Message, context: Context) -> Message:
 
 
 def _received_model(msg: Message, config: RunConfig) -> torch.nn.Module:
-    _limit_threads()
     model = build_model(config.model)
     model.load_state_dict(msg.content["arrays"].to_torch_state_dict())
     return model

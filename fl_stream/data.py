@@ -45,6 +45,7 @@ IMAGE_SUFFIXES = (".jpeg", ".jpg", ".png")
 SYNTHETIC_SIZES = {"train": 1200, "val": 200, "test": 400}
 VAL_FRACTION = 0.1  # share of train/ carved out as validation when a folder tree has no val/
 CLIENT_EVAL_FRACTION = 0.2  # share of each client's partition it evaluates on
+NPZ_KINDS = ("images", "labels")  # PneumoniaMNIST arrays: <split>_images, <split>_labels
 
 
 class DataError(ValueError):
@@ -159,7 +160,7 @@ def _ellipse(x: np.ndarray, y: np.ndarray, cx: float, cy: float, rx: float, ry: 
 
 
 def _load_npz(path: Path, image_size: int) -> DataSplits:
-    expected = [f"{split}_{kind}" for split in ("train", "val", "test") for kind in ("images", "labels")]
+    expected = [f"{split}_{kind}" for split in ("train", "val", "test") for kind in NPZ_KINDS]
     try:
         archive = np.load(path)
     except (OSError, ValueError) as exc:
@@ -181,7 +182,8 @@ def _load_npz(path: Path, image_size: int) -> DataSplits:
                     f"got images {images.shape} and labels {labels.shape}"
                 )
             _check_labels(labels, f"{path}: {split}_labels")
-            splits[split] = _to_dataset(_resize(images.astype(np.float32) / 255.0, image_size), labels)
+            scaled = images.astype(np.float32) / 255.0
+            splits[split] = _to_dataset(_resize(scaled, image_size), labels)
     return DataSplits(**splits)
 
 

@@ -107,7 +107,8 @@ def test_image_folder_uses_val_when_present(tmp_path):
 
 def test_image_folder_wrong_layout_names_what_is_expected(tmp_path):
     (tmp_path / "train" / "NORMAL").mkdir(parents=True)
-    with pytest.raises(DataError, match=r"missing folder .*train/PNEUMONIA; expected .*NORMAL,PNEUMONIA"):
+    expected = r"missing folder .*train/PNEUMONIA; expected .*NORMAL,PNEUMONIA"
+    with pytest.raises(DataError, match=expected):
         load_splits(str(tmp_path))
 
 
