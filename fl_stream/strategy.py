@@ -164,8 +164,9 @@ class StreamingFedAvg(FedAvg):
     ) -> None:
         clients = [_client_entry(reply, self.weighted_by_key) for reply in replies]
         answered = sum(1 for reply in replies if not reply.has_error())
-        data = {"phase": phase, "num_clients": answered}
-        self.sender.send_round_metrics(server_round, self._num_rounds, metrics, **data)
+        self.sender.send_round_metrics(
+            server_round, self._num_rounds, metrics, phase=phase, num_clients=answered
+        )
         self.sender.send_client_metrics(server_round, self._num_rounds, phase, clients)
 
     def _end_round(self, server_round: int, eval_metrics: dict[str, float]) -> None:
