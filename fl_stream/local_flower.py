@@ -4,8 +4,8 @@
 ``FLWR_HOME`` and leaves it running (Flower has no stop command). The demo, the benchmark and
 the tests give each session its own ``FLWR_HOME`` (and free ports), so the SuperLink they find
 is theirs: it is the ``flower-superlink`` process whose command line names
-``$FLWR_HOME/local-superlink/``, the directory Flower keeps its state and log in. They stop it
-by pid.
+``$FLWR_HOME/local-superlink/``, the directory Flower keeps its state and log in. They stop it,
+and any process it started that is still running, by pid.
 """
 
 from __future__ import annotations
@@ -95,12 +95,26 @@ def superlink_pids(flwr_home: str | os.PathLike[str]) -> list[int]:
 
 
 def stop_superlink(flwr_home: str | os.PathLike[str], timeout: float = 10.0) -> list[int]:
-    """Stop the SuperLink(s) of ``flwr_home`` (SIGTERM, then SIGKILL); return their pids.
+    """Stop the SuperLink(s) of ``flwr_home`` and what they started; return the SuperLink pids.
 
-    The SuperLink runs ServerApps and Ray in its process group's children; SIGTERM lets it
-    shut those down itself.
+    SIGTERM first, so the SuperLink shuts down cleanly; then whatever it had started and left
+    behind (a run stopped midway leaves the simulation process and Ray's workers, found
+    beforehand by walking the process tree) gets SIGTERM too; SIGKILL after ``timeout``.
     """
     pids = superlink_pids(flwr_home)
+    started = [child for pid in pids for child in _descendants(pid)]
+    _terminate(pids, timeout)
+    _terminate([pid for pid in started if _alive(pid)], timeout)
+    return pids
+
+
+def _descendants(pid: int) -> list[int]:
+    found = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True, check=False)
+    children = [int(child) for child in found.stdout.split()]
+    return children + [grandchild for child in children for grandchild in _descendants(child)]
+
+
+def _terminate(pids: list[int], timeout: float) -> None:
     for pid in pids:
         _signal(pid, signal.SIGTERM)
     deadline = time.monotonic() + timeout
@@ -109,7 +123,6 @@ def stop_superlink(flwr_home: str | os.PathLike[str], timeout: float = 10.0) -> 
     for pid in pids:
         if _alive(pid):
             _signal(pid, signal.SIGKILL)
-    return pids
 
 
 def _signal(pid: int, sig: int) -> None:

@@ -139,14 +139,20 @@ def _run_federation(args: argparse.Namespace) -> str | None:
     )
     print("$", shlex.join(["flwr", *command[1:]]), flush=True)
     run_id = None
-    with subprocess.Popen(
+    flwr = subprocess.Popen(
         command, cwd=PROJECT_DIR, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
         text=True, bufsize=1,
-    ) as flwr:
+    )
+    try:
         for line in flwr.stdout:
             print(line, end="", flush=True)
             found = re.search(r"Successfully started run (\d+)", line)
             run_id = found.group(1) if found else run_id
+        flwr.wait()
+    finally:
+        if flwr.poll() is None:  # interrupted: stop following the logs
+            _stop(flwr)
+        flwr.stdout.close()
     if flwr.returncode != 0:
         print(f"flwr run exited with code {flwr.returncode}", file=sys.stderr)
     return run_id
