@@ -56,8 +56,9 @@ def main() -> None:
         relay = RelayProcess(Path(tmp) / "relay.db").start()
         try:
             # `flwr ls` starts the local SuperLink, so neither timed run pays for it.
-            subprocess.run([*flwr_command()[:1], "ls"], cwd=PROJECT_DIR, env=env,
-                           capture_output=True, timeout=120, check=False)
+            flwr = flwr_command()[0]
+            subprocess.run([flwr, "ls"], cwd=PROJECT_DIR, env=env, capture_output=True,
+                           timeout=120, check=False)
             times: dict[str, list[tuple[float, float]]] = {"on": [], "off": []}
             for repeat in range(args.repeats):
                 order = ("on", "off") if repeat % 2 == 0 else ("off", "on")
@@ -71,8 +72,9 @@ def main() -> None:
             stop_superlink(home)
             relay.stop()
 
-    fastest = {mode: [min(column) for column in zip(*runs)] for mode, runs in times.items()}
-    median = {mode: [statistics.median(c) for c in zip(*runs)] for mode, runs in times.items()}
+    columns = {mode: list(zip(*runs, strict=True)) for mode, runs in times.items()}
+    fastest = {mode: [min(c) for c in cols] for mode, cols in columns.items()}
+    median = {mode: [statistics.median(c) for c in cols] for mode, cols in columns.items()}
     print(json.dumps({
         "clients": args.clients,
         "rounds": args.rounds,

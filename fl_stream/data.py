@@ -108,7 +108,7 @@ def synthetic_splits(
     children = np.random.SeedSequence(seed).spawn(len(sizes))
     splits = {
         name: _synthetic_set(sizes[name], image_size, np.random.default_rng(child))
-        for name, child in zip(("train", "val", "test"), children)
+        for name, child in zip(("train", "val", "test"), children, strict=True)
     }
     return DataSplits(**splits)
 

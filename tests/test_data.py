@@ -43,7 +43,7 @@ def test_synthetic_other_image_size():
 def _write_npz(path, size=28, counts=(12, 4, 6), **overrides):
     rng = np.random.default_rng(0)
     arrays = {}
-    for split, count in zip(("train", "val", "test"), counts):
+    for split, count in zip(("train", "val", "test"), counts, strict=True):
         arrays[f"{split}_images"] = rng.integers(0, 256, (count, size, size), dtype=np.uint8)
         arrays[f"{split}_labels"] = (np.arange(count) % 2).reshape(-1, 1).astype(np.uint8)
     arrays.update(overrides)
