@@ -2,7 +2,7 @@
 
 "on" streams every message to a real relay (started here on a free port); "off" sets
 ``relay-url=""`` so the sender only writes the local JSONL log. Both runs use one SuperLink of
-our own (its own ``FLWR_HOME`` and ports), started and warmed before timing and stopped by pid
+our own (its own ``FLWR_HOME`` and ports), warmed by an untimed one-round run and stopped by pid
 at the end. With ``--repeats N`` the order alternates (on/off, off/on, ...); the figures are
 the fastest of the repeats (the ones other load on the machine disturbed least), with the
 medians beside them.
@@ -55,10 +55,10 @@ def main() -> None:
         env = flwr_environment(home, http_port=free_port(), control_port=free_port())
         relay = RelayProcess(Path(tmp) / "relay.db").start()
         try:
-            # `flwr ls` starts the local SuperLink, so neither timed run pays for it.
-            flwr = flwr_command()[0]
-            subprocess.run([flwr, "ls"], cwd=PROJECT_DIR, env=env, capture_output=True,
-                           timeout=120, check=False)
+            # An untimed one-round run starts the SuperLink and installs the app (FAB), so
+            # neither timed run pays for that.
+            warm_up = argparse.Namespace(**{**vars(args), "rounds": 1})
+            _timed_run(env, warm_up, "", Path(tmp) / "warm-up", relay)
             times: dict[str, list[tuple[float, float]]] = {"on": [], "off": []}
             for repeat in range(args.repeats):
                 order = ("on", "off") if repeat % 2 == 0 else ("off", "on")
