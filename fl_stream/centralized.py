@@ -162,7 +162,9 @@ class CentralizedTrainer:
             token=self.config.relay_token,
             log_path=self.log_path,
         ) as sender:
-            sender.send_training_mode(is_federated=False, num_rounds=0, num_clients=0)
+            sender.send_training_mode(
+                is_federated=False, num_rounds=0, num_clients=0, num_epochs=self.config.epochs
+            )
             try:
                 result = self._train(sender)
             except BaseException as exc:  # an interrupted run is worth reporting too

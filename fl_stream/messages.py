@@ -273,7 +273,7 @@ _STATUSES = _one_of(*RUN_STATUSES)
 MESSAGE_TYPES: dict[str, tuple[dict[str, Check], dict[str, Check]]] = {
     "training_mode": (
         {"is_federated": _is_bool, "num_rounds": _is_count, "num_clients": _is_count},
-        {},
+        {"num_epochs": _is_count},  # a centralized run's planned epochs (num_rounds is 0)
     ),
     "epoch_end": (
         {"epoch": _is_count, "phase": _PHASES, "metrics": _is_metrics},

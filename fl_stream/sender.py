@@ -207,12 +207,27 @@ class MetricsWebSocketSender:
         """Send ``metrics`` as the ``data`` of a message of the given ``type``."""
         return self._send(type, metrics)
 
-    def send_training_mode(self, is_federated: bool, num_rounds: int, num_clients: int) -> bool:
-        """Announce the run: federated or centralized, rounds (or epochs) and clients."""
-        return self._send(
-            "training_mode",
-            {"is_federated": is_federated, "num_rounds": num_rounds, "num_clients": num_clients},
-        )
+    def send_training_mode(
+        self,
+        is_federated: bool,
+        num_rounds: int,
+        num_clients: int,
+        *,
+        num_epochs: int | None = None,
+    ) -> bool:
+        """Announce the run: federated or centralized, its rounds, clients and epochs.
+
+        A centralized run sends ``num_rounds=0, num_clients=0`` and its planned
+        ``num_epochs``, which lets the dashboard show "epoch k of N" and the time left.
+        """
+        data: dict[str, Any] = {
+            "is_federated": is_federated,
+            "num_rounds": num_rounds,
+            "num_clients": num_clients,
+        }
+        if num_epochs is not None:
+            data["num_epochs"] = num_epochs
+        return self._send("training_mode", data)
 
     def send_epoch_end(self, epoch: int, phase: str, metrics: Mapping[str, Any]) -> bool:
         """Report one epoch's metrics; ``phase`` is ``"train"`` or ``"val"``."""

@@ -104,7 +104,12 @@ def test_three_epoch_run_streams_the_whole_sequence(relay, tiny_data: str, tmp_p
         validate_message(message)
     assert [m["seq"] for m in messages] == list(range(1, 9))
     assert {m["run_id"] for m in messages} == {trainer.run_id}
-    assert messages[0]["data"] == {"is_federated": False, "num_rounds": 0, "num_clients": 0}
+    assert messages[0]["data"] == {
+        "is_federated": False,
+        "num_rounds": 0,
+        "num_clients": 0,
+        "num_epochs": 3,
+    }
     for epoch_end in messages[1:-1]:
         assert set(epoch_end["data"]["metrics"]) == set(METRIC_NAMES)
 

@@ -301,7 +301,7 @@ def test_published_messages_appear_in_the_charts_within_a_second(
     with MetricsWebSocketSender(
         relay.ws_url, run_id="live", log_path=tmp_path / "live.jsonl"
     ) as sender:
-        sender.send_training_mode(is_federated=False, num_rounds=0, num_clients=0)
+        sender.send_training_mode(is_federated=False, num_rounds=0, num_clients=0, num_epochs=4)
         sender.send_epoch_end(1, "train", _metrics(1))
         sender.send_epoch_end(1, "val", {**_metrics(1), "auroc": float("nan")})
         assert sender.flush(10)
@@ -321,7 +321,8 @@ def test_published_messages_appear_in_the_charts_within_a_second(
     assert charts["auroc"]["val"] == {"x": [1], "y": [None]}  # "NaN" on the wire: a gap
     assert dashboard.page.get_attribute("body", "data-run-id") == "live"
     assert dashboard.text("#mode") == "centralized"
-    assert dashboard.text("#progress-text") == "epoch 2"
+    assert dashboard.text("#progress-text") == "epoch 2 of 4"
+    assert dashboard.text("#eta") != "—"  # an estimate needs the planned number of epochs
     assert dashboard.errors == []
 
 
@@ -478,6 +479,7 @@ def test_early_stopping_and_error_banners(dashboard: Dashboard, relay: RelayProc
     assert "val_loss did not improve for 2 epochs" in banners.nth(0).inner_text()
     assert "OSError" in banners.nth(1).inner_text()
     assert dashboard.text("#status") == "early-stopped"
+    assert dashboard.text("#progress-text") == "epoch 3"  # original format: no num_epochs
     final = dashboard.text("#final-results")
     assert "0.4200" in final and "NaN" in final and "best epoch 1" in final
     assert dashboard.errors == []

@@ -212,6 +212,11 @@ def test_values_that_cannot_be_encoded_name_their_field(metrics: dict, error: st
             {"is_federated": 1, "num_rounds": 3, "num_clients": 2},
             r"^data\.is_federated: expected true or false",
         ),
+        (
+            "training_mode",
+            {**VALID_DATA["training_mode"], "num_epochs": -1},
+            r"^data\.num_epochs: expected an integer >= 0",
+        ),
     ],
 )
 def test_invalid_fields_are_named(message_type: str, data: dict, error: str) -> None:

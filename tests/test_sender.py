@@ -259,7 +259,7 @@ def test_numpy_and_torch_values_are_encoded(server: AckServer, make_sender) -> N
         "recall": torch.tensor([-math.inf]),
     }
     assert sender.send_epoch_end(np.int64(2), "train", metrics)
-    assert sender.send_training_mode(np.bool_(False), torch.tensor(5), 1)
+    assert sender.send_training_mode(np.bool_(False), 0, 0, num_epochs=torch.tensor(5))
     assert sender.flush(WAIT)
     epoch_end, mode = server.stored
     assert epoch_end["data"] == {
@@ -274,7 +274,12 @@ def test_numpy_and_torch_values_are_encoded(server: AckServer, make_sender) -> N
             "recall": "-Infinity",
         },
     }
-    assert mode["data"] == {"is_federated": False, "num_rounds": 5, "num_clients": 1}
+    assert mode["data"] == {
+        "is_federated": False,
+        "num_rounds": 0,
+        "num_clients": 0,
+        "num_epochs": 5,
+    }
 
 
 def test_a_bad_value_logs_a_clear_error_and_raises_nothing(

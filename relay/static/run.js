@@ -113,6 +113,10 @@ class ClientRounds {
   }
 }
 
+function positiveOrNull(value) {
+  return Number.isInteger(value) && value > 0 ? value : null;
+}
+
 function getOrCreate(map, key, create) {
   if (!map.has(key)) map.set(key, create());
   return map.get(key);
@@ -172,8 +176,9 @@ export class RunModel {
     switch (message.type) {
       case "training_mode":
         this.mode = data.is_federated ? "federated" : "centralized";
-        this.totalSteps = data.num_rounds > 0 ? data.num_rounds : null;
-        this.numClients = data.num_clients > 0 ? data.num_clients : null;
+        // A centralized run plans epochs (num_epochs, optional) and sends num_rounds 0.
+        this.totalSteps = positiveOrNull(data.is_federated ? data.num_rounds : data.num_epochs);
+        this.numClients = positiveOrNull(data.num_clients);
         this.#markRunning();
         break;
       case "epoch_end":
