@@ -25,6 +25,7 @@ from tqdm import tqdm
 
 from fl_stream.data import load_splits
 from fl_stream.early_stopping import EarlyStopping
+from fl_stream.messages import DEFAULT_RELAY_URL
 from fl_stream.model import build_model
 from fl_stream.runlog import default_log_path
 from fl_stream.sender import MetricsWebSocketSender
@@ -32,7 +33,6 @@ from fl_stream.task import evaluate, pick_device, train_epoch
 
 __all__ = ["CentralizedConfig", "CentralizedResult", "CentralizedTrainer", "new_run_id"]
 
-DEFAULT_RELAY_URL = "ws://127.0.0.1:8765"
 RUNS_DIR = Path("runs")
 EVAL_BATCH_SIZE = 256  # evaluation keeps no gradients, so larger batches are cheap
 

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from fl_stream.data import PARTITIONINGS
+from fl_stream.messages import DEFAULT_RELAY_URL
 from fl_stream.metrics import METRIC_NAMES
 from fl_stream.model import MODELS
 
@@ -45,7 +46,7 @@ class RunConfig:
     samples_per_client: int = 200
     centralized_eval: bool = True
     best_metric: str = "loss"
-    relay_url: str = "ws://127.0.0.1:8765"
+    relay_url: str = DEFAULT_RELAY_URL
     relay_token: str = ""
     metrics_log_dir: str = "runs"
 

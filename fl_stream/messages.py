@@ -23,6 +23,9 @@ from typing import Any
 
 __all__ = [
     "CONTROL_TYPES",
+    "DEFAULT_RELAY_HOST",
+    "DEFAULT_RELAY_PORT",
+    "DEFAULT_RELAY_URL",
     "MESSAGE_TYPES",
     "NON_FINITE",
     "EncodingError",
@@ -36,6 +39,12 @@ __all__ = [
 ]
 
 Message = dict[str, Any]
+
+# Where the relay listens unless told otherwise: loopback only, so a default start never
+# exposes the relay (and its publish endpoint) to the network.
+DEFAULT_RELAY_HOST = "127.0.0.1"
+DEFAULT_RELAY_PORT = 8765
+DEFAULT_RELAY_URL = f"ws://{DEFAULT_RELAY_HOST}:{DEFAULT_RELAY_PORT}"
 
 NON_FINITE = {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}
 

@@ -9,6 +9,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from fl_stream.messages import DEFAULT_RELAY_HOST, DEFAULT_RELAY_PORT
+
 __all__ = ["TOKEN_ENV", "RelayConfig", "parse_args"]
 
 TOKEN_ENV = "FL_STREAM_RELAY_TOKEN"
@@ -20,8 +22,8 @@ DEFAULT_DB = "relay.db"
 class RelayConfig:
     """Everything the relay needs to start; the defaults are the command line's."""
 
-    host: str = "127.0.0.1"
-    port: int = 8765
+    host: str = DEFAULT_RELAY_HOST
+    port: int = DEFAULT_RELAY_PORT
     db: Path = Path("data") / DEFAULT_DB
     token: str | None = field(default=None, repr=False)  # never in a log line
     allowed_origins: tuple[str, ...] = ()

@@ -29,6 +29,7 @@ from fl_stream.local_flower import (  # noqa: E402
     free_port,
     stop_superlink,
 )
+from fl_stream.messages import DEFAULT_RELAY_PORT  # noqa: E402
 from fl_stream.runlog import read_log  # noqa: E402
 
 RUNS_DIR = PROJECT_DIR / "runs"
@@ -85,7 +86,12 @@ def _parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--clients", type=int, default=3, help="simulated clients (default: 3)")
     parser.add_argument("--rounds", type=int, default=3, help="federated rounds (default: 3)")
-    parser.add_argument("--port", type=int, default=8765, help="relay port (default: 8765)")
+    parser.add_argument(
+        "--port",
+        type=int,
+        default=DEFAULT_RELAY_PORT,
+        help="relay port (default: %(default)s)",
+    )
     parser.add_argument(
         "--samples-per-client", type=int, default=200,
         help="training examples per client, before 20%% are held out (default: 200)",
