@@ -135,7 +135,7 @@ def _synthetic_image(
         cx = side * rng.normal(0.4, 0.03)
         lungs = np.maximum(lungs, _ellipse(x, y, cx, -0.05, rng.normal(0.27, 0.02), 0.6))
     image -= 0.2 * lungs  # air-filled lungs look dark
-    ribs = (np.sin(y * rng.uniform(14.0, 18.0) + rng.uniform(0, np.pi) + 2.0 * x**2) > 0.7)
+    ribs = np.sin(y * rng.uniform(14.0, 18.0) + rng.uniform(0, np.pi) + 2.0 * x**2) > 0.7
     image += 0.06 * ribs * lungs
     image += 0.28 * _ellipse(x, y, -0.08, 0.3, 0.2, 0.32)  # heart and mediastinum
     # Both classes carry faint blobs so that "any bright spot" is not the whole story.
@@ -150,7 +150,9 @@ def _synthetic_image(
     return np.clip(image, 0.0, 1.0)
 
 
-def _ellipse(x: np.ndarray, y: np.ndarray, cx: float, cy: float, rx: float, ry: float):
+def _ellipse(
+    x: np.ndarray, y: np.ndarray, cx: float, cy: float, rx: float, ry: float
+) -> np.ndarray:
     """A soft-edged filled ellipse, 1 inside and 0 outside."""
     radius = ((x - cx) / rx) ** 2 + ((y - cy) / ry) ** 2
     return np.clip((1.0 - radius) * 6.0, 0.0, 1.0)
@@ -338,8 +340,12 @@ def client_datasets(
     splits = load_splits(data_path, image_size, seed)
     images, labels = splits.train.tensors
     indices = partition_indices(
-        labels.numpy(), num_partitions, partition_id,
-        partitioning=partitioning, alpha=alpha, seed=seed,
+        labels.numpy(),
+        num_partitions,
+        partition_id,
+        partitioning=partitioning,
+        alpha=alpha,
+        seed=seed,
     )
     if max_examples and len(indices) > max_examples:
         indices = indices[:max_examples]  # partitions are already shuffled

@@ -11,7 +11,7 @@ from collections.abc import Mapping
 
 from fl_stream.metrics import METRIC_NAMES
 
-__all__ = ["EarlyStopping", "MODES", "default_mode", "monitorable_metrics"]
+__all__ = ["MODES", "EarlyStopping", "default_mode", "monitorable_metrics"]
 
 MODES = ("min", "max")
 

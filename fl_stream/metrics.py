@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+from numpy.typing import ArrayLike
 from sklearn.metrics import accuracy_score, precision_recall_fscore_support, roc_auc_score
 
 __all__ = ["METRIC_NAMES", "classification_metrics"]
@@ -13,7 +14,9 @@ METRIC_NAMES = ("loss", "accuracy", "precision", "recall", "f1", "auroc")
 THRESHOLD = 0.5
 
 
-def classification_metrics(labels, probabilities, loss: float) -> dict[str, float]:
+def classification_metrics(
+    labels: ArrayLike, probabilities: ArrayLike, loss: float
+) -> dict[str, float]:
     """Return loss, accuracy, precision, recall, f1 and auroc for one pass over a data set.
 
     ``labels`` are 0/1, ``probabilities`` the predicted probability of class 1, ``loss`` the
