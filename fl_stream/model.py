@@ -33,7 +33,11 @@ def build_model(name: str = "resnet18", num_classes: int = 2) -> torch.nn.Module
     model = getattr(models, name)(weights=None, num_classes=num_classes, norm_layer=norm_layer)
     stem = model.conv1
     model.conv1 = torch.nn.Conv2d(
-        1, stem.out_channels, kernel_size=stem.kernel_size, stride=stem.stride,
-        padding=stem.padding, bias=False,
+        1,
+        stem.out_channels,
+        kernel_size=stem.kernel_size,
+        stride=stem.stride,
+        padding=stem.padding,
+        bias=False,
     )
     return model

@@ -46,8 +46,10 @@ def main() -> int:
     try:
         relay = _start_relay(args.port)
         dashboard = f"http://127.0.0.1:{args.port}/"
-        print(f"\n  Dashboard: {dashboard}   (open it now; the run starts in a few seconds)\n",
-              flush=True)
+        print(
+            f"\n  Dashboard: {dashboard}   (open it now; the run starts in a few seconds)\n",
+            flush=True,
+        )
         run_id = _run_federation(args)
     except KeyboardInterrupt:
         print("\nInterrupted; stopping what the demo started.", file=sys.stderr)
@@ -65,8 +67,10 @@ def main() -> int:
     status = _final_status(RUNS_DIR / f"{run_id}.jsonl")
     if status != "completed":
         # `flwr run --stream` exits 0 even when the ServerApp fails: the log tells.
-        print(f"Run {run_id} did not complete (status: {status}); see the output above.",
-              file=sys.stderr)
+        print(
+            f"Run {run_id} did not complete (status: {status}); see the output above.",
+            file=sys.stderr,
+        )
         return 1
     print(
         f"\nRun {run_id} is stored. To look at it again:\n"
@@ -93,7 +97,9 @@ def _parse_args() -> argparse.Namespace:
         help="relay port (default: %(default)s)",
     )
     parser.add_argument(
-        "--samples-per-client", type=int, default=200,
+        "--samples-per-client",
+        type=int,
+        default=200,
         help="training examples per client, before 20%% are held out (default: 200)",
     )
     return parser.parse_args()
@@ -113,11 +119,13 @@ def _start_relay(port: int) -> subprocess.Popen | None:
         print(f"Using the relay already running on port {port}.")
         return None
     RUNS_DIR.mkdir(parents=True, exist_ok=True)
-    log = (RUNS_DIR / "relay.log").open("ab")
-    relay = subprocess.Popen(
-        [sys.executable, "-m", "relay", "--port", str(port), "--db", str(RELAY_DB)],
-        cwd=PROJECT_DIR, stdout=log, stderr=subprocess.STDOUT,
-    )
+    with (RUNS_DIR / "relay.log").open("ab") as log:  # the relay keeps its own copy of the fd
+        relay = subprocess.Popen(
+            [sys.executable, "-m", "relay", "--port", str(port), "--db", str(RELAY_DB)],
+            cwd=PROJECT_DIR,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
     deadline = time.monotonic() + RELAY_START_TIMEOUT
     while not _healthy(port):
         if relay.poll() is not None or time.monotonic() > deadline:
@@ -146,8 +154,13 @@ def _run_federation(args: argparse.Namespace) -> str | None:
     print("$", shlex.join(["flwr", *command[1:]]), flush=True)
     run_id = None
     flwr = subprocess.Popen(
-        command, cwd=PROJECT_DIR, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-        text=True, bufsize=1,
+        command,
+        cwd=PROJECT_DIR,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        bufsize=1,
     )
     try:
         for line in flwr.stdout:
