@@ -43,6 +43,8 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.asyncio.server import broadcast, serve
 from websockets.exceptions import ConnectionClosed
 
+from fl_stream.local_flower import free_port
+
 PAD = "x" * 120  # brings each frame to ~300 bytes
 PHASE_TIMEOUT = 120.0  # seconds: a phase that takes longer reports what it got
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
@@ -70,12 +72,6 @@ async def serve_naive(port: int) -> None:
 
 
 # --------------------------------------------------------------------------- relay processes
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 class Relay:

@@ -27,7 +27,6 @@ import asyncio
 import json
 import logging
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -41,6 +40,7 @@ from pathlib import Path
 
 import websockets
 
+from fl_stream.local_flower import free_port
 from fl_stream.messages import encode_message, make_message
 from fl_stream.runlog import JsonlLog
 from fl_stream.sender import MetricsWebSocketSender
@@ -57,12 +57,6 @@ METRICS = {
 PACE_S = 0.001
 ROUNDS = 5
 FLUSH_TIMEOUT_S = 30.0
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @contextmanager

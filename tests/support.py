@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -30,18 +29,13 @@ from typing import Any
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import ClientConnection, connect
 
+from fl_stream.local_flower import free_port
+
 Message = dict[str, Any]
 
 # Bounded waits: long enough for a loaded 2-core machine, short enough to fail fast.
 START_TIMEOUT = 20.0
 WAIT_TIMEOUT = 10.0
-
-
-def free_port() -> int:
-    """Return a TCP port on 127.0.0.1 that was free a moment ago."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 # --------------------------------------------------------------------------- HTTP
