@@ -134,6 +134,7 @@ class Delivery:
         self._lock = threading.Lock()
         self._inbox: deque[Message] = deque()
         self._pump_idle = False  # the loop waits for a wake-up call
+        self._stopped = False  # stop() took the last messages: later ones would be lost
         self._accepted = 0
         self._dropped_by_callers = 0  # dropped (and logged) by a caller: the loop fell behind
 
@@ -168,14 +169,17 @@ class Delivery:
 
     # ------------------------------------------------------------------ calling threads
 
-    def put(self, message: Message) -> None:
+    def put(self, message: Message) -> bool:
         """Queue ``message`` for the run log and the relay; never waits for the loop thread.
 
         When the loop thread falls ``max_queue`` messages behind, the oldest waiting message
         is written to the log here and dropped from the relay's queue (counted, reported).
+        Returns ``False``, keeping nothing, once :meth:`stop` has taken the last messages.
         """
         overflow = None
         with self._lock:
+            if self._stopped:
+                return False
             if len(self._inbox) >= self._max_queue:  # the loop thread is not keeping up
                 overflow = self._inbox.popleft()
                 self._dropped_by_callers += 1
@@ -190,6 +194,7 @@ class Delivery:
                 self._loop.call_soon_threadsafe(self._wake_pump.set)
             except RuntimeError:  # loop closed by a concurrent stop(); stop() logs the rest
                 pass
+        return True
 
     def flush(self, timeout: float) -> bool:
         """Wait until every message put so far is settled (acked, rejected, dropped).
@@ -214,7 +219,9 @@ class Delivery:
         except RuntimeError:  # the loop already ended
             pass
         self._thread.join(timeout=2.0)
-        if not self._thread.is_alive():  # log what arrived while stopping
+        if not self._thread.is_alive():  # log what arrived while stopping; refuse the rest
+            with self._lock:
+                self._stopped = True
             self._write_log([encode_message(message) for message in self._take_inbox()])
         with self._lock:
             pending = self._accepted - self._settled_count()

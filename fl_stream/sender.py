@@ -278,13 +278,7 @@ class MetricsWebSocketSender:
 
     def _send(self, message_type: str, data: Mapping[str, Any]) -> bool:
         if self._closed:
-            self._delivery.report_once(
-                "closed",
-                logging.WARNING,
-                "fl-stream: sender is closed; %s message not sent",
-                message_type,
-            )
-            return False
+            return self._refuse_closed(message_type)
         try:
             message = make_message(
                 message_type,
@@ -295,8 +289,18 @@ class MetricsWebSocketSender:
         except Exception as exc:  # training code must never see an exception from here
             reason = str(exc) if isinstance(exc, MessageError) else f"{type(exc).__name__}: {exc}"
             return self._refuse(message_type, reason)
-        self._delivery.put(message)
+        if not self._delivery.put(message):  # close() finished while this call ran
+            return self._refuse_closed(message_type)
         return True
+
+    def _refuse_closed(self, message_type: str) -> bool:
+        self._delivery.report_once(
+            "closed",
+            logging.WARNING,
+            "fl-stream: sender is closed; %s message not sent",
+            message_type,
+        )
+        return False
 
     def _refuse(self, message_type: str, reason: str) -> bool:
         """Log why a call was refused (once per distinct reason) and return ``False``."""
