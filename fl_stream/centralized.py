@@ -27,13 +27,12 @@ from fl_stream.data import load_splits
 from fl_stream.early_stopping import EarlyStopping
 from fl_stream.messages import DEFAULT_RELAY_URL
 from fl_stream.model import build_model
-from fl_stream.runlog import default_log_path
+from fl_stream.runlog import DEFAULT_LOG_DIR, default_log_path
 from fl_stream.sender import MetricsWebSocketSender
 from fl_stream.task import evaluate, pick_device, train_epoch
 
 __all__ = ["CentralizedConfig", "CentralizedResult", "CentralizedTrainer", "new_run_id"]
 
-RUNS_DIR = Path("runs")
 EVAL_BATCH_SIZE = 256  # evaluation keeps no gradients, so larger batches are cheap
 
 
@@ -126,7 +125,8 @@ class CentralizedTrainer:
         self.run_id = config.run_id or new_run_id()
         # The sender's own default; its sender id only names logs of runs without an id.
         self.log_path = Path(config.log_path or default_log_path(self.run_id, sender_id=""))
-        self.save_path = Path(config.save_path or RUNS_DIR / self.run_id / "best_model.pt")
+        default_save_path = Path(DEFAULT_LOG_DIR, self.run_id, "best_model.pt")
+        self.save_path = Path(config.save_path or default_save_path)
         self.early_stopping = EarlyStopping(
             config.early_stopping_metric,
             patience=config.patience,

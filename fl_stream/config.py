@@ -18,6 +18,7 @@ from fl_stream.data import PARTITIONINGS
 from fl_stream.messages import DEFAULT_RELAY_URL
 from fl_stream.metrics import METRIC_NAMES
 from fl_stream.model import MODELS
+from fl_stream.runlog import DEFAULT_LOG_DIR
 
 __all__ = ["ConfigError", "RunConfig"]
 
@@ -48,7 +49,7 @@ class RunConfig:
     best_metric: str = "loss"
     relay_url: str = DEFAULT_RELAY_URL
     relay_token: str = ""
-    metrics_log_dir: str = "runs"
+    metrics_log_dir: str = DEFAULT_LOG_DIR
 
     @classmethod
     def from_run_config(cls, run_config: Mapping[str, Any]) -> RunConfig:

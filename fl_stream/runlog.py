@@ -17,9 +17,10 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-__all__ = ["LOG_DIR_ENV", "JsonlLog", "default_log_path", "read_log"]
+__all__ = ["DEFAULT_LOG_DIR", "LOG_DIR_ENV", "JsonlLog", "default_log_path", "read_log"]
 
 LOG_DIR_ENV = "FL_STREAM_LOG_DIR"
+DEFAULT_LOG_DIR = "runs"  # relative to the working directory
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
@@ -29,7 +30,7 @@ def default_log_path(run_id: str | None, sender_id: str) -> Path:
 
     Without a run id the name is ``unnamed-<UTC time>-<sender id>.jsonl``, one file per sender.
     """
-    directory = Path(os.environ.get(LOG_DIR_ENV) or "runs")
+    directory = Path(os.environ.get(LOG_DIR_ENV) or DEFAULT_LOG_DIR)
     if run_id:
         name = _UNSAFE.sub("_", run_id).strip("._") or "run"
     else:
