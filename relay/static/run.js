@@ -176,8 +176,11 @@ export class RunModel {
     switch (message.type) {
       case "training_mode":
         this.mode = data.is_federated ? "federated" : "centralized";
-        // A centralized run plans epochs (num_epochs, optional) and sends num_rounds 0.
-        this.totalSteps = positiveOrNull(data.is_federated ? data.num_rounds : data.num_epochs);
+        // A centralized run states its planned epochs in num_epochs (num_rounds 0); a client
+        // of the original format may have put them in num_rounds. 0 or absent: unknown.
+        this.totalSteps = positiveOrNull(
+          data.is_federated ? data.num_rounds : (data.num_epochs ?? data.num_rounds),
+        );
         this.numClients = positiveOrNull(data.num_clients);
         this.#markRunning();
         break;
