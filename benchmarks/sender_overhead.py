@@ -88,7 +88,7 @@ def relay_process(workdir: Path) -> Iterator[str]:
                 if process.poll() is not None or time.monotonic() > deadline:
                     raise RuntimeError(
                         f"relay did not start: {(workdir / 'relay.log').read_text()}"
-                    )
+                    ) from None
                 time.sleep(0.1)
         yield f"ws://127.0.0.1:{port}"
     finally:
