@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from logging import INFO
 
 import torch
@@ -12,6 +13,7 @@ from torch.utils.data import DataLoader
 
 from fl_stream.config import RunConfig
 from fl_stream.data import load_splits
+from fl_stream.messages import RELAY_TOKEN_ENV
 from fl_stream.model import build_model
 from fl_stream.sender import MetricsWebSocketSender
 from fl_stream.strategy import EvaluateFn, StreamingFedAvg
@@ -35,7 +37,7 @@ def main(grid: Grid, context: Context) -> None:
     with MetricsWebSocketSender(
         config.relay_url or None,
         run_id=run_id,
-        token=config.relay_token or None,
+        token=config.relay_token or os.environ.get(RELAY_TOKEN_ENV) or None,
         log_path=log_path,
     ) as sender:
         strategy = StreamingFedAvg(

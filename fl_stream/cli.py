@@ -16,8 +16,8 @@ from typing import NoReturn
 
 from fl_stream.centralized import CentralizedConfig, CentralizedTrainer
 from fl_stream.early_stopping import MODES, monitorable_metrics
+from fl_stream.messages import RELAY_TOKEN_ENV
 from fl_stream.model import MODELS
-from relay.config import TOKEN_ENV  # one variable configures the relay and its publishers
 
 __all__ = ["build_parser", "main"]
 
@@ -122,7 +122,7 @@ def _add_train_centralized(commands: argparse._SubParsersAction) -> None:
     )
     output.add_argument(
         "--relay-token",
-        help=f"publisher token, if the relay requires one (default: ${TOKEN_ENV})",
+        help=f"publisher token, if the relay requires one (default: ${RELAY_TOKEN_ENV})",
     )
     output.add_argument(
         "--log-path",
@@ -158,7 +158,7 @@ def _train_centralized(args: argparse.Namespace, parser: argparse.ArgumentParser
                 min_delta=args.min_delta,
                 mode=args.mode,
                 relay_url=args.relay_url,
-                relay_token=args.relay_token or os.environ.get(TOKEN_ENV) or None,
+                relay_token=args.relay_token or os.environ.get(RELAY_TOKEN_ENV) or None,
                 log_path=args.log_path,
                 save_path=args.save_path,
                 progress=not args.no_progress,

@@ -28,6 +28,7 @@ __all__ = [
     "DEFAULT_RELAY_URL",
     "MESSAGE_TYPES",
     "NON_FINITE",
+    "RELAY_TOKEN_ENV",
     "EncodingError",
     "MessageError",
     "decode_message",
@@ -45,6 +46,8 @@ Message = dict[str, Any]
 DEFAULT_RELAY_HOST = "127.0.0.1"
 DEFAULT_RELAY_PORT = 8765
 DEFAULT_RELAY_URL = f"ws://{DEFAULT_RELAY_HOST}:{DEFAULT_RELAY_PORT}"
+# One variable holds the publisher token for the relay and for every publisher.
+RELAY_TOKEN_ENV = "FL_STREAM_RELAY_TOKEN"
 
 NON_FINITE = {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}
 

@@ -9,11 +9,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from fl_stream.messages import DEFAULT_RELAY_HOST, DEFAULT_RELAY_PORT
+from fl_stream.messages import DEFAULT_RELAY_HOST, DEFAULT_RELAY_PORT, RELAY_TOKEN_ENV
 
-__all__ = ["TOKEN_ENV", "RelayConfig", "parse_args"]
+__all__ = ["RelayConfig", "parse_args"]
 
-TOKEN_ENV = "FL_STREAM_RELAY_TOKEN"
 DATA_DIR_ENV = "FL_STREAM_DATA_DIR"
 DEFAULT_DB = "relay.db"
 
@@ -72,8 +71,8 @@ def parse_args(argv: Sequence[str] | None = None) -> RelayConfig:
     )
     parser.add_argument(
         "--token",
-        default=os.environ.get(TOKEN_ENV) or None,
-        help=f"publishers must send 'Authorization: Bearer <token>' (default: ${TOKEN_ENV}; "
+        default=os.environ.get(RELAY_TOKEN_ENV) or None,
+        help=f"publishers must send 'Authorization: Bearer <token>' (default: ${RELAY_TOKEN_ENV}; "
         "unset: anyone may publish)",
     )
     parser.add_argument(

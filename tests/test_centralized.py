@@ -19,11 +19,10 @@ import torch
 from fl_stream.centralized import CentralizedConfig, CentralizedTrainer
 from fl_stream.cli import main
 from fl_stream.data import synthetic_splits
-from fl_stream.messages import validate_message
+from fl_stream.messages import RELAY_TOKEN_ENV, validate_message
 from fl_stream.metrics import METRIC_NAMES
 from fl_stream.model import build_model
 from fl_stream.runlog import read_log
-from relay.config import TOKEN_ENV
 from tests.support import ListeningClient, free_port, get_json
 
 IMAGE_SIZE = 16
@@ -232,7 +231,7 @@ def test_cli_runs_a_streamed_training_and_saves_the_best_weights(
         text=True,
         timeout=120,
         cwd=tmp_path,
-        env={**os.environ, TOKEN_ENV: "s3cret"},
+        env={**os.environ, RELAY_TOKEN_ENV: "s3cret"},
     )
     assert done.returncode == 0, done.stderr
     run_id = done.stdout.split("run id: ", 1)[1].split()[0]
