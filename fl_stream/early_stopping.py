@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 
-from fl_stream.metrics import METRIC_NAMES
+from fl_stream.metrics import METRIC_NAMES, lower_is_better
 
 __all__ = ["MODES", "EarlyStopping", "default_mode", "monitorable_metrics"]
 
@@ -25,7 +25,7 @@ def monitorable_metrics() -> tuple[str, ...]:
 
 def default_mode(metric: str) -> str:
     """Return the sensible mode for ``metric``: ``min`` for a loss, ``max`` for the rest."""
-    return "min" if metric.endswith("loss") else "max"
+    return "min" if lower_is_better(metric) else "max"
 
 
 class EarlyStopping:

@@ -26,12 +26,12 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg, Result
 from flwr.serverapp.strategy.strategy_utils import sample_nodes
 
+from fl_stream.metrics import lower_is_better
 from fl_stream.sender import MetricsWebSocketSender
 
 __all__ = ["EvaluateFn", "StreamingFedAvg", "aggregate_metrics"]
 
 EvaluateFn = Callable[[int, ArrayRecord], MetricRecord | None]
-LOWER_IS_BETTER = frozenset({"loss"})
 
 
 def aggregate_metrics(records: list[RecordDict], weighting_key: str) -> MetricRecord:
@@ -183,7 +183,7 @@ class StreamingFedAvg(FedAvg):
             for rnd, metrics in self._eval_metrics.items()
             if math.isfinite(metrics.get(self.best_metric, math.nan))
         }
-        pick = min if self.best_metric in LOWER_IS_BETTER else max
+        pick = min if lower_is_better(self.best_metric) else max
         best_round = pick(scored, key=scored.__getitem__) if scored else None
         last = max(self._eval_metrics, default=None)
         final = self._eval_metrics.get(last) or self._fit_metrics.get(last) or {}
