@@ -208,20 +208,20 @@ class MessageStore:
         ``status`` (``"running"``, ``"completed"``, ``"early_stopped"`` or ``"failed"``),
         ``first_timestamp``, ``last_timestamp``, ``message_count`` and ``last_seq``.
         """
-        rows = self._db.execute(
-            "SELECT run_id, COUNT(*), MIN(seq), MAX(seq) FROM messages"
-            " GROUP BY run_id ORDER BY MAX(id) DESC"
-        ).fetchall()
-        return [self._summary(*row) for row in rows]
+        return self._summaries("", ())
 
     def run_summary(self, run_id: str) -> dict[str, Any] | None:
         """Summarise one run as :meth:`runs` does, or return None for an unknown run."""
-        row = self._db.execute(
-            "SELECT run_id, COUNT(*), MIN(seq), MAX(seq) FROM messages WHERE run_id = ?"
-            " GROUP BY run_id",
-            (run_id,),
-        ).fetchone()
-        return self._summary(*row) if row else None
+        found = self._summaries("WHERE run_id = ?", (run_id,))
+        return found[0] if found else None
+
+    def _summaries(self, where: str, params: tuple[str, ...]) -> list[dict[str, Any]]:
+        rows = self._db.execute(
+            f"SELECT run_id, COUNT(*), MIN(seq), MAX(seq) FROM messages {where}"
+            " GROUP BY run_id ORDER BY MAX(id) DESC",
+            params,
+        ).fetchall()
+        return [self._summary(*row) for row in rows]
 
     def run_end(self, run_id: str) -> Message | None:
         """Return the run's last ``training_end`` or ``error`` message, if any."""
