@@ -28,11 +28,9 @@ import json
 import logging
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from collections import defaultdict
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -40,12 +38,14 @@ from pathlib import Path
 
 import websockets
 
-from fl_stream.local_flower import free_port
-from fl_stream.messages import encode_message, make_message
-from fl_stream.runlog import JsonlLog
-from fl_stream.sender import MetricsWebSocketSender
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # tests.support
 
-ROOT = Path(__file__).resolve().parent.parent
+from fl_stream.local_flower import free_port  # noqa: E402
+from fl_stream.messages import encode_message, make_message  # noqa: E402
+from fl_stream.runlog import JsonlLog  # noqa: E402
+from fl_stream.sender import MetricsWebSocketSender  # noqa: E402
+from tests.support import RelayProcess  # noqa: E402
+
 METRICS = {
     "loss": 0.31,
     "accuracy": 0.87,
@@ -62,42 +62,11 @@ FLUSH_TIMEOUT_S = 30.0
 @contextmanager
 def relay_process(workdir: Path) -> Iterator[str]:
     """Run the real relay on a free 127.0.0.1 port; yield its ws:// URL; stop it by pid."""
-    port = free_port()
-    command = [
-        sys.executable,
-        "-m",
-        "relay",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--db",
-        str(workdir / "relay.db"),
-        "--log-level",
-        "WARNING",
-    ]
-    with open(workdir / "relay.log", "wb") as log:
-        process = subprocess.Popen(command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+    relay = RelayProcess(workdir / "relay.db", args=["--log-level", "WARNING"]).start()
     try:
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1):
-                    break
-            except OSError:
-                if process.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(
-                        f"relay did not start: {(workdir / 'relay.log').read_text()}"
-                    ) from None
-                time.sleep(0.1)
-        yield f"ws://127.0.0.1:{port}"
+        yield relay.ws_url
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        relay.stop()
 
 
 def time_calls(call: Callable[[int], object], calls: int, pace_s: float) -> list[float]:
