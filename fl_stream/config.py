@@ -18,7 +18,7 @@ from fl_stream.data import PARTITIONINGS
 from fl_stream.messages import DEFAULT_RELAY_URL
 from fl_stream.metrics import METRIC_NAMES
 from fl_stream.model import MODELS
-from fl_stream.runlog import DEFAULT_LOG_DIR
+from fl_stream.runlog import DEFAULT_LOG_DIR, default_log_path
 
 __all__ = ["ConfigError", "RunConfig"]
 
@@ -77,7 +77,8 @@ class RunConfig:
         A relative ``metrics-log-dir`` resolves against the ServerApp's working directory,
         which under ``flwr run`` is where the SuperLink was first started.
         """
-        return (Path(self.metrics_log_dir).expanduser() / f"{run_id}.jsonl").absolute()
+        directory = Path(self.metrics_log_dir).expanduser()
+        return default_log_path(run_id, sender_id="", directory=directory).absolute()
 
 
 def _coerce(key: str, value: Any, expected: type) -> Any:

@@ -25,12 +25,17 @@ DEFAULT_LOG_DIR = "runs"  # relative to the working directory
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
 
-def default_log_path(run_id: str | None, sender_id: str) -> Path:
-    """Return ``$FL_STREAM_LOG_DIR/<run_id>.jsonl`` (directory ``runs`` when unset).
+def default_log_path(
+    run_id: str | None, sender_id: str, directory: str | os.PathLike[str] | None = None
+) -> Path:
+    """Return ``<directory>/<run_id>.jsonl``.
 
-    Without a run id the name is ``unnamed-<UTC time>-<sender id>.jsonl``, one file per sender.
+    ``directory`` defaults to ``$FL_STREAM_LOG_DIR``, or ``runs`` when that is unset. Without
+    a run id the name is ``unnamed-<UTC time>-<sender id>.jsonl``, one file per sender.
     """
-    directory = Path(os.environ.get(LOG_DIR_ENV) or DEFAULT_LOG_DIR)
+    if directory is None:
+        directory = os.environ.get(LOG_DIR_ENV) or DEFAULT_LOG_DIR
+    directory = Path(directory)
     if run_id:
         name = _UNSAFE.sub("_", run_id).strip("._") or "run"
     else:
