@@ -37,7 +37,8 @@ from fl_stream.local_flower import (  # noqa: E402
     stop_superlink,
 )
 from fl_stream.runlog import read_log  # noqa: E402
-from tests.support import RelayProcess, get_json  # noqa: E402
+from relay.process import RelayProcess  # noqa: E402
+from tests.support import get_json  # noqa: E402
 
 RUN_TIMEOUT = 600
 

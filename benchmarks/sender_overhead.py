@@ -28,7 +28,6 @@ import json
 import logging
 import os
 import statistics
-import sys
 import tempfile
 import time
 from collections import defaultdict
@@ -38,13 +37,11 @@ from pathlib import Path
 
 import websockets
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # tests.support
-
-from fl_stream.local_flower import free_port  # noqa: E402
-from fl_stream.messages import encode_message, make_message  # noqa: E402
-from fl_stream.runlog import JsonlLog  # noqa: E402
-from fl_stream.sender import MetricsWebSocketSender  # noqa: E402
-from tests.support import RelayProcess  # noqa: E402
+from fl_stream.local_flower import free_port
+from fl_stream.messages import encode_message, make_message
+from fl_stream.runlog import JsonlLog
+from fl_stream.sender import MetricsWebSocketSender
+from relay.process import RelayProcess
 
 METRICS = {
     "loss": 0.31,

@@ -16,8 +16,6 @@ import shlex
 import signal
 import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a fresh checkout
@@ -31,11 +29,11 @@ from fl_stream.local_flower import (  # noqa: E402
 )
 from fl_stream.messages import DEFAULT_RELAY_PORT  # noqa: E402
 from fl_stream.runlog import read_log  # noqa: E402
+from relay.process import RelayProcess, is_healthy  # noqa: E402
 
 RUNS_DIR = PROJECT_DIR / "runs"
 FLWR_HOME = RUNS_DIR / "flwr-home"
 RELAY_DB = PROJECT_DIR / "data" / "relay.db"
-RELAY_START_TIMEOUT = 20.0
 
 
 def main() -> int:
@@ -59,8 +57,9 @@ def main() -> int:
         if stopped:
             print(f"Stopped the Flower SuperLink (pid {', '.join(map(str, stopped))}).")
         if relay is not None:
-            _stop(relay)
-            print(f"Stopped the relay (pid {relay.pid}); its database stays at {RELAY_DB}.")
+            pid = relay.pid
+            relay.stop()
+            print(f"Stopped the relay (pid {pid}); its database stays at {RELAY_DB}.")
     if run_id is None:
         print("The federated run did not start; see the output above.", file=sys.stderr)
         return 1
@@ -105,37 +104,18 @@ def _parse_args() -> argparse.Namespace:
     return parser.parse_args()
 
 
-def _healthy(port: int) -> bool:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1.0) as reply:
-            return reply.status == 200
-    except OSError:
-        return False
-
-
-def _start_relay(port: int) -> subprocess.Popen | None:
+def _start_relay(port: int) -> RelayProcess | None:
     """Start the relay, or return None when one already answers on ``port`` (we keep it)."""
-    if _healthy(port):
+    relay = RelayProcess(RELAY_DB, port=port, log_path=RUNS_DIR / "relay.log")
+    if is_healthy(relay.http_url):
         print(f"Using the relay already running on port {port}.")
         return None
-    RUNS_DIR.mkdir(parents=True, exist_ok=True)
-    with (RUNS_DIR / "relay.log").open("ab") as log:  # the relay keeps its own copy of the fd
-        relay = subprocess.Popen(
-            [sys.executable, "-m", "relay", "--port", str(port), "--db", str(RELAY_DB)],
-            cwd=PROJECT_DIR,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-    deadline = time.monotonic() + RELAY_START_TIMEOUT
-    while not _healthy(port):
-        if relay.poll() is not None or time.monotonic() > deadline:
-            _stop(relay)
-            raise SystemExit(
-                f"the relay did not start on port {port}; see {RUNS_DIR / 'relay.log'} "
-                "(is the port taken? try --port)"
-            )
-        time.sleep(0.2)
-    print(f"Relay started (pid {relay.pid}, log {RUNS_DIR / 'relay.log'}).")
+    try:
+        relay.start()
+    except RuntimeError as exc:
+        reason = f"the relay did not start on port {port} (is it taken? try --port): {exc}"
+        raise SystemExit(reason) from None
+    print(f"Relay started (pid {relay.pid}, log {relay.log_path}).")
     return relay
 
 

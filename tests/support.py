@@ -2,8 +2,9 @@
 
 Everything here uses real sockets on 127.0.0.1 with bounded waits:
 
-- :class:`RelayProcess`: ``python -m relay`` in a subprocess on a free port with its own
-  database (the ``relay`` / ``relay_factory`` fixtures in ``conftest.py`` build these).
+- :class:`RelayProcess` (from :mod:`relay.process`): ``python -m relay`` in a subprocess on a
+  free port with its own database (the ``relay`` / ``relay_factory`` fixtures in
+  ``conftest.py`` build these).
 - :class:`ListeningClient`: a dashboard stand-in; a background thread keeps one WebSocket
   connection and collects every message it receives.
 - :func:`publish`: send messages from a one-off publisher connection and collect the relay's
@@ -14,27 +15,33 @@ Everything here uses real sockets on 127.0.0.1 with bounded waits:
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
 import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from pathlib import Path
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import ClientConnection, connect
 
 from fl_stream.local_flower import free_port
+from relay.process import RelayProcess
+
+# The relay process and free ports come from the package, re-exported for the tests.
+__all__ = [
+    "ListeningClient",
+    "RelayProcess",
+    "control",
+    "free_port",
+    "get_json",
+    "http_get",
+    "publish",
+]
 
 Message = dict[str, Any]
 
 # Bounded waits: long enough for a loaded 2-core machine, short enough to fail fast.
-START_TIMEOUT = 20.0
 WAIT_TIMEOUT = 10.0
 
 
@@ -57,113 +64,6 @@ def get_json(url: str, timeout: float = WAIT_TIMEOUT) -> Any:
     if status != 200:
         raise AssertionError(f"GET {url} answered {status}: {body[:300]!r}")
     return json.loads(body)
-
-
-# --------------------------------------------------------------------------- the relay
-
-
-class RelayProcess:
-    """A real relay (``python -m relay``) on 127.0.0.1 in a subprocess.
-
-    Attributes:
-        port: its port (fixed for the object's life, so :meth:`restart` keeps it).
-        db_path: its SQLite file (kept across :meth:`restart`).
-        ws_url: ``ws://127.0.0.1:<port>``.
-        http_url: ``http://127.0.0.1:<port>`` (no trailing slash).
-        pid: the running process's id (None when stopped).
-        log_path: its combined stdout and stderr, kept across restarts.
-        returncode: the exit status after :meth:`stop`.
-
-    Args:
-        db_path: the database file.
-        token: the publisher token (``--token``), or None for an open relay.
-        args: more command-line options, e.g. ``["--max-buffer-bytes", "65536"]``.
-        env: extra environment variables for the process.
-    """
-
-    def __init__(
-        self,
-        db_path: str | Path,
-        *,
-        token: str | None = None,
-        args: Sequence[str] = (),
-        env: Mapping[str, str] | None = None,
-    ) -> None:
-        self.db_path = Path(db_path)
-        self.token = token
-        self.args = list(args)
-        self.env = {**os.environ, **(env or {})}
-        self.port = free_port()
-        self.ws_url = f"ws://127.0.0.1:{self.port}"
-        self.http_url = f"http://127.0.0.1:{self.port}"
-        self.log_path = self.db_path.with_suffix(".log")
-        self.returncode: int | None = None
-        self._process: subprocess.Popen[bytes] | None = None
-
-    @property
-    def pid(self) -> int | None:
-        return self._process.pid if self._process is not None else None
-
-    def command(self) -> list[str]:
-        """The command line that starts this relay."""
-        command = [sys.executable, "-m", "relay", "--host", "127.0.0.1", "--port", str(self.port)]
-        command += ["--db", str(self.db_path), *self.args]
-        if self.token is not None:
-            command += ["--token", self.token]
-        return command
-
-    def start(self, timeout: float = START_TIMEOUT) -> RelayProcess:
-        """Start the process and wait until ``/healthz`` answers; return self."""
-        if self._process is not None:
-            raise RuntimeError("relay already running; stop() it first")
-        self.db_path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.log_path, "ab") as log:
-            self._process = subprocess.Popen(
-                self.command(), stdout=log, stderr=subprocess.STDOUT, env=self.env
-            )
-        self.returncode = None
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self._process.poll() is not None:
-                code = self._process.returncode
-                self._process = None
-                raise RuntimeError(f"relay exited with {code} while starting:\n{self.log_text()}")
-            try:
-                if http_get(f"{self.http_url}/healthz", timeout=1.0)[0] == 200:
-                    return self
-            except OSError:
-                pass
-            time.sleep(0.05)
-        self.kill()
-        raise RuntimeError(f"relay not healthy after {timeout} s:\n{self.log_text()}")
-
-    def stop(self, sig: int = signal.SIGTERM, timeout: float = WAIT_TIMEOUT) -> int | None:
-        """Send ``sig`` and wait for the exit (killed after ``timeout``); return the exit status."""
-        if self._process is None:
-            return self.returncode
-        if self._process.poll() is None:
-            os.kill(self._process.pid, sig)
-            try:
-                self._process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self._process.kill()
-                self._process.wait()
-        self.returncode = self._process.returncode
-        self._process = None
-        return self.returncode
-
-    def kill(self) -> None:
-        """Kill the process at once (SIGKILL) if it is running."""
-        self.stop(signal.SIGKILL)
-
-    def restart(self) -> RelayProcess:
-        """Stop gracefully and start again on the same port with the same database."""
-        self.stop()
-        return self.start()
-
-    def log_text(self) -> str:
-        """Everything the process printed so far (all runs)."""
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
 
 # --------------------------------------------------------------------------- clients
