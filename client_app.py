@@ -10,11 +10,11 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, 
 from flwr.clientapp import ClientApp
 from torch.utils.data import DataLoader, TensorDataset
 
-from fl_stream.config import RunConfig
-from fl_stream.data import client_datasets
-from fl_stream.model import build_model
-from fl_stream.task import evaluate as evaluate_model
-from fl_stream.task import pick_device, train_epoch
+from fl_stream.flower.config import RunConfig
+from fl_stream.pneumonia.data import client_datasets
+from fl_stream.pneumonia.model import build_model
+from fl_stream.pneumonia.task import evaluate as evaluate_model
+from fl_stream.pneumonia.task import pick_device, train_epoch
 
 app = ClientApp()
 

@@ -11,13 +11,13 @@ from flwr.common.logger import log
 from flwr.serverapp import Grid, ServerApp
 from torch.utils.data import DataLoader
 
-from fl_stream.config import RunConfig
-from fl_stream.data import load_splits
-from fl_stream.messages import RELAY_TOKEN_ENV
-from fl_stream.model import build_model
-from fl_stream.sender import MetricsWebSocketSender
-from fl_stream.strategy import EvaluateFn, StreamingFedAvg
-from fl_stream.task import evaluate, pick_device
+from fl_stream.flower.config import RunConfig
+from fl_stream.flower.strategy import EvaluateFn, StreamingFedAvg
+from fl_stream.monitor.protocol import RELAY_TOKEN_ENV
+from fl_stream.monitor.sender import MetricsWebSocketSender
+from fl_stream.pneumonia.data import load_splits
+from fl_stream.pneumonia.model import build_model
+from fl_stream.pneumonia.task import evaluate, pick_device
 
 app = ServerApp()
 

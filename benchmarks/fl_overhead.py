@@ -29,16 +29,16 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from fl_stream.local_flower import (  # noqa: E402
+from fl_stream.monitor.runlog import read_log
+from scripts.localrun import (
     PROJECT_DIR,
+    RelayProcess,
     flwr_command,
     flwr_environment,
     free_port,
     stop_superlink,
 )
-from fl_stream.runlog import read_log  # noqa: E402
-from relay.process import RelayProcess  # noqa: E402
-from tests.support import get_json  # noqa: E402
+from tests.support import get_json
 
 RUN_TIMEOUT = 600
 
@@ -67,8 +67,10 @@ def main() -> None:
                     url = relay.ws_url if mode == "on" else ""
                     wall, strategy = _timed_run(env, args, url, Path(tmp) / mode, relay)
                     times[mode].append((wall, strategy))
-                    print(f"streaming {mode:3}: flwr run {wall:6.1f} s, strategy {strategy:6.1f} s",
-                          flush=True)
+                    print(
+                        f"streaming {mode:3}: flwr run {wall:6.1f} s, strategy {strategy:6.1f} s",
+                        flush=True,
+                    )
         finally:
             stop_superlink(home)
             relay.stop()
@@ -76,23 +78,30 @@ def main() -> None:
     columns = {mode: list(zip(*runs, strict=True)) for mode, runs in times.items()}
     fastest = {mode: [min(c) for c in cols] for mode, cols in columns.items()}
     median = {mode: [statistics.median(c) for c in cols] for mode, cols in columns.items()}
-    print(json.dumps({
-        "clients": args.clients,
-        "rounds": args.rounds,
-        "repeats": args.repeats,
-        "on_s": round(fastest["on"][0], 2),
-        "off_s": round(fastest["off"][0], 2),
-        "ratio": round(fastest["on"][0] / fastest["off"][0], 3),
-        "on_strategy_s": round(fastest["on"][1], 2),
-        "off_strategy_s": round(fastest["off"][1], 2),
-        "strategy_ratio": round(fastest["on"][1] / fastest["off"][1], 3),
-        "median_on_s": round(median["on"][0], 2),
-        "median_off_s": round(median["off"][0], 2),
-    }))
+    print(
+        json.dumps(
+            {
+                "clients": args.clients,
+                "rounds": args.rounds,
+                "repeats": args.repeats,
+                "on_s": round(fastest["on"][0], 2),
+                "off_s": round(fastest["off"][0], 2),
+                "ratio": round(fastest["on"][0] / fastest["off"][0], 3),
+                "on_strategy_s": round(fastest["on"][1], 2),
+                "off_strategy_s": round(fastest["off"][1], 2),
+                "strategy_ratio": round(fastest["on"][1] / fastest["off"][1], 3),
+                "median_on_s": round(median["on"][0], 2),
+                "median_off_s": round(median["off"][0], 2),
+            }
+        )
+    )
 
 
 def _timed_run(
-    env: dict[str, str], args: argparse.Namespace, relay_url: str, log_dir: Path,
+    env: dict[str, str],
+    args: argparse.Namespace,
+    relay_url: str,
+    log_dir: Path,
     relay: RelayProcess,
 ) -> tuple[float, float]:
     """One `flwr run`; returns (wall seconds, strategy seconds) after checking it streamed."""
@@ -106,8 +115,15 @@ def _timed_run(
         },
     )
     started = time.perf_counter()
-    done = subprocess.run(command, cwd=PROJECT_DIR, env=env, capture_output=True, text=True,
-                          timeout=RUN_TIMEOUT, check=False)
+    done = subprocess.run(
+        command,
+        cwd=PROJECT_DIR,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=RUN_TIMEOUT,
+        check=False,
+    )
     wall = time.perf_counter() - started
     output = done.stdout + done.stderr
     run_id = re.search(r"Successfully started run (\d+)", output)

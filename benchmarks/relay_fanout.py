@@ -37,13 +37,15 @@ import time
 import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # scripts/, tests/
 from typing import Any
 
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.asyncio.server import broadcast, serve
 from websockets.exceptions import ConnectionClosed
 
-from fl_stream.local_flower import free_port
+from scripts.localrun import free_port
 
 PAD = "x" * 120  # brings each frame to ~300 bytes
 PHASE_TIMEOUT = 120.0  # seconds: a phase that takes longer reports what it got

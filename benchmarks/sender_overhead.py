@@ -28,6 +28,7 @@ import json
 import logging
 import os
 import statistics
+import sys
 import tempfile
 import time
 from collections import defaultdict
@@ -35,13 +36,14 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # scripts/, tests/
+
 import websockets
 
-from fl_stream.local_flower import free_port
-from fl_stream.messages import encode_message, make_message
-from fl_stream.runlog import JsonlLog
-from fl_stream.sender import MetricsWebSocketSender
-from relay.process import RelayProcess
+from fl_stream.monitor.protocol import encode_message, make_message
+from fl_stream.monitor.runlog import JsonlLog
+from fl_stream.monitor.sender import MetricsWebSocketSender
+from scripts.localrun import RelayProcess, free_port
 
 METRICS = {
     "loss": 0.31,
@@ -141,7 +143,7 @@ def main() -> None:
     args = parser.parse_args()
 
     # The outage warnings of row (b) are expected; keep the table readable.
-    logging.getLogger("fl_stream.sender").setLevel(logging.ERROR)
+    logging.getLogger("fl_stream.monitor.sender").setLevel(logging.ERROR)
     rows: dict[str, list[float]] = defaultdict(list)
     with tempfile.TemporaryDirectory(prefix="fl-stream-bench-") as tmp:
         workdir = Path(tmp)

@@ -14,10 +14,10 @@ from collections.abc import Sequence
 from functools import partial
 from typing import NoReturn
 
-from fl_stream.centralized import CentralizedConfig, CentralizedTrainer
-from fl_stream.early_stopping import MODES, monitorable_metrics
-from fl_stream.messages import RELAY_TOKEN_ENV
-from fl_stream.model import MODELS
+from fl_stream.centralized.early_stopping import MODES, monitorable_metrics
+from fl_stream.centralized.trainer import CentralizedConfig, CentralizedTrainer
+from fl_stream.monitor.protocol import RELAY_TOKEN_ENV
+from fl_stream.pneumonia.model import MODELS
 
 __all__ = ["build_parser", "main"]
 

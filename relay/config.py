@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from fl_stream.messages import DEFAULT_RELAY_HOST, DEFAULT_RELAY_PORT, RELAY_TOKEN_ENV
+from fl_stream.monitor.protocol import DEFAULT_RELAY_HOST, DEFAULT_RELAY_PORT, RELAY_TOKEN_ENV
 
 __all__ = ["RelayConfig", "parse_args"]
 

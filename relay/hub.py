@@ -23,7 +23,7 @@ from typing import Any
 from websockets.asyncio.server import ServerConnection, broadcast
 from websockets.exceptions import ConnectionClosed
 
-from fl_stream.messages import (
+from fl_stream.monitor.protocol import (
     CONTROL_TYPES,
     Message,
     MessageError,

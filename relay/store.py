@@ -17,7 +17,7 @@ import sqlite3
 from pathlib import Path
 from typing import IO, Any
 
-from fl_stream.messages import EncodingError, Message, encode_message
+from fl_stream.monitor.protocol import EncodingError, Message, encode_message
 
 __all__ = ["DEFAULT_RUN", "MessageStore"]
 
@@ -88,7 +88,8 @@ class MessageStore:
         to this store's reads at once and durable after :meth:`commit`.
 
         Raises:
-            fl_stream.messages.EncodingError: not encodable (e.g. a NaN float in custom data).
+            fl_stream.monitor.protocol.EncodingError: not encodable (e.g. a NaN float
+                in custom data).
             sqlite3.Error: the database refused the write.
         """
         run_id = message.setdefault("run_id", DEFAULT_RUN)

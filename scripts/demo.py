@@ -20,16 +20,17 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a fresh checkout
 
-from fl_stream.local_flower import (  # noqa: E402
+from fl_stream.monitor.protocol import DEFAULT_RELAY_PORT
+from fl_stream.monitor.runlog import read_log
+from scripts.localrun import (
     PROJECT_DIR,
+    RelayProcess,
     flwr_command,
     flwr_environment,
     free_port,
+    is_healthy,
     stop_superlink,
 )
-from fl_stream.messages import DEFAULT_RELAY_PORT  # noqa: E402
-from fl_stream.runlog import read_log  # noqa: E402
-from relay.process import RelayProcess, is_healthy  # noqa: E402
 
 RUNS_DIR = PROJECT_DIR / "runs"
 FLWR_HOME = RUNS_DIR / "flwr-home"

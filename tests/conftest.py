@@ -6,7 +6,7 @@ Fixtures:
         at teardown (SIGTERM, then SIGKILL by pid if it hangs).
     relay: one started relay with default options (no token).
 
-A :class:`relay.process.RelayProcess` exposes ``ws_url``, ``http_url``, ``port``, ``db_path``,
+A :class:`scripts.localrun.RelayProcess` exposes ``ws_url``, ``http_url``, ``port``, ``db_path``,
 ``pid``, ``log_path``, ``restart()`` (same port and database), ``stop()`` and ``kill()``. See
 ``tests/support.py`` for :class:`~tests.support.ListeningClient` (a dashboard stand-in),
 :func:`~tests.support.publish` and the HTTP helpers.
@@ -33,7 +33,7 @@ RelayFactory = Callable[..., RelayProcess]
 def relay_factory(tmp_path: Path) -> Iterator[RelayFactory]:
     """Start relays with options, e.g. ``relay_factory(token="t", args=["--log-level", "DEBUG"])``.
 
-    Options are those of :class:`relay.process.RelayProcess`: ``token``, ``args``, ``env``.
+    Options are those of :class:`scripts.localrun.RelayProcess`: ``token``, ``args``, ``env``.
     """
     started: list[RelayProcess] = []
 

@@ -2,7 +2,7 @@
 
 Everything here uses real sockets on 127.0.0.1 with bounded waits:
 
-- :class:`RelayProcess` (from :mod:`relay.process`): ``python -m relay`` in a subprocess on a
+- :class:`RelayProcess` (from :mod:`scripts.localrun`): ``python -m relay`` in a subprocess on a
   free port with its own database (the ``relay`` / ``relay_factory`` fixtures in
   ``conftest.py`` build these).
 - :class:`ListeningClient`: a dashboard stand-in; a background thread keeps one WebSocket
@@ -25,8 +25,7 @@ from typing import Any
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import ClientConnection, connect
 
-from fl_stream.local_flower import free_port
-from relay.process import RelayProcess
+from scripts.localrun import RelayProcess, free_port
 
 # The relay process and free ports come from the package, re-exported for the tests.
 __all__ = [

@@ -16,13 +16,13 @@ import numpy as np
 import pytest
 import torch
 
-from fl_stream.centralized import CentralizedConfig, CentralizedTrainer
+from fl_stream.centralized.trainer import CentralizedConfig, CentralizedTrainer
 from fl_stream.cli import main
-from fl_stream.data import synthetic_splits
-from fl_stream.messages import RELAY_TOKEN_ENV, validate_message
-from fl_stream.metrics import METRIC_NAMES
-from fl_stream.model import build_model
-from fl_stream.runlog import read_log
+from fl_stream.monitor.protocol import RELAY_TOKEN_ENV, validate_message
+from fl_stream.monitor.runlog import read_log
+from fl_stream.pneumonia.data import synthetic_splits
+from fl_stream.pneumonia.metrics import METRIC_NAMES
+from fl_stream.pneumonia.model import build_model
 from tests.support import ListeningClient, free_port, get_json
 
 IMAGE_SIZE = 16
@@ -283,7 +283,7 @@ def test_cli_refuses_bad_options_with_one_line_and_status_2(
 
 
 def test_the_console_script_exits_2_with_one_line_and_no_traceback(tmp_path: Path) -> None:
-    # The `python -m fl_stream.centralized` entry is run by the CLI training test above.
+    # The `python -m fl_stream.centralized.trainer` entry is run by the CLI training test above.
     done = subprocess.run(
         [str(CONSOLE_SCRIPT), "train-centralized", "--epochs", "-2"],
         capture_output=True,

@@ -28,8 +28,8 @@ from typing import Any
 
 import pytest
 
-from fl_stream.messages import make_message
-from fl_stream.sender import MetricsWebSocketSender
+from fl_stream.monitor.protocol import make_message
+from fl_stream.monitor.sender import MetricsWebSocketSender
 from tests.support import RelayProcess, publish
 
 pytestmark = pytest.mark.browser

@@ -7,7 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
-from fl_stream.data import (
+from fl_stream.pneumonia.data import (
     DataError,
     client_datasets,
     load_splits,
@@ -23,7 +23,7 @@ def test_synthetic_is_deterministic_balanced_and_in_range():
     images, labels = first.train.tensors
     assert images.shape == (40, 1, 28, 28) and images.dtype == torch.float32
     assert labels.dtype == torch.int64 and labels.bincount().tolist() == [20, 20]
-    assert 0.0 <= images.min() and images.max() <= 1.0
+    assert images.min() >= 0.0 and images.max() <= 1.0
     assert torch.equal(images, again.train.tensors[0])
     assert not torch.equal(images, other.train.tensors[0])
     assert len(first.val) == 10 and len(first.test) == 20

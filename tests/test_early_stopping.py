@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from fl_stream.early_stopping import EarlyStopping, default_mode, monitorable_metrics
+from fl_stream.centralized.early_stopping import EarlyStopping, default_mode, monitorable_metrics
 
 
 def feed(stopper: EarlyStopping, values: list[float]) -> list[bool]:

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from fl_stream.messages import (
+from fl_stream.monitor.protocol import (
     CONTROL_TYPES,
     MESSAGE_TYPES,
     EncodingError,

@@ -19,7 +19,7 @@ import pytest
 from websockets.exceptions import InvalidStatus
 from websockets.sync.client import connect
 
-from fl_stream.messages import make_message
+from fl_stream.monitor.protocol import make_message
 from tests.support import (
     ListeningClient,
     RelayProcess,

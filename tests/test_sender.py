@@ -26,9 +26,9 @@ import torch
 from websockets.asyncio.server import ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 
-from fl_stream.messages import MESSAGE_TYPES, utc_timestamp, validate_message
-from fl_stream.runlog import read_log
-from fl_stream.sender import MetricsWebSocketSender
+from fl_stream.monitor.protocol import MESSAGE_TYPES, utc_timestamp, validate_message
+from fl_stream.monitor.runlog import read_log
+from fl_stream.monitor.sender import MetricsWebSocketSender
 from tests.support import free_port, get_json
 
 Message = dict[str, Any]
@@ -286,7 +286,7 @@ def test_a_bad_value_logs_a_clear_error_and_raises_nothing(
     server: AckServer, make_sender, caplog: pytest.LogCaptureFixture
 ) -> None:
     sender = make_sender(server.url)
-    with caplog.at_level(logging.ERROR, logger="fl_stream.sender"):
+    with caplog.at_level(logging.ERROR, logger="fl_stream.monitor.sender"):
         assert sender.send_epoch_end(1, "train", {"loss": object()}) is False
         assert sender.send_epoch_end(1, "train", {"loss": np.zeros(3)}) is False
         assert sender.send_epoch_end(1, "test", METRICS) is False
@@ -353,7 +353,7 @@ def test_a_full_queue_drops_the_oldest_counts_and_logs_them(
 ) -> None:
     port = free_port()
     log_path = tmp_path / "full.jsonl"
-    with caplog.at_level(logging.INFO, logger="fl_stream.sender"):
+    with caplog.at_level(logging.INFO, logger="fl_stream.monitor.sender"):
         sender = make_sender(f"ws://127.0.0.1:{port}", max_queue=10, log_path=log_path)
         for epoch in range(25):
             assert sender.send_epoch_end(epoch, "train", METRICS)
@@ -460,7 +460,7 @@ def test_close_with_the_relay_down_returns_after_its_timeout(make_sender, tmp_pa
 def test_an_unclosed_sender_delivers_at_interpreter_exit(server: AckServer, tmp_path: Path) -> None:
     script = (
         "import sys\n"
-        "from fl_stream.sender import MetricsWebSocketSender\n"
+        "from fl_stream.monitor.sender import MetricsWebSocketSender\n"
         "sender = MetricsWebSocketSender(sys.argv[1], log_path=sys.argv[2], exit_timeout=5)\n"
         "for epoch in range(50):\n"
         "    sender.send_epoch_end(epoch, 'train', {'loss': 0.5})\n"
@@ -515,7 +515,7 @@ def test_the_real_relay_stores_each_message_once(
     assert epochs(stored) == list(range(30))
     assert [message["seq"] for message in stored] == list(range(1, 31))
 
-    with caplog.at_level(logging.WARNING, logger="fl_stream.sender"):
+    with caplog.at_level(logging.WARNING, logger="fl_stream.monitor.sender"):
         intruder = make_sender(relay.ws_url, run_id="real", token="wrong")
         intruder.send_epoch_end(99, "train", METRICS)
         assert wait_until(lambda: any("HTTP 401" in r.getMessage() for r in caplog.records))

@@ -15,15 +15,15 @@ from pathlib import Path
 
 import pytest
 
-from fl_stream.local_flower import (
+from fl_stream.monitor.protocol import validate_message
+from fl_stream.monitor.runlog import read_log
+from scripts.localrun import (
     PROJECT_DIR,
     flwr_command,
     flwr_environment,
     stop_superlink,
     superlink_pids,
 )
-from fl_stream.messages import validate_message
-from fl_stream.runlog import read_log
 from tests.support import ListeningClient, free_port
 
 pytestmark = pytest.mark.simulation
@@ -67,7 +67,10 @@ def _check_run(messages: list[dict], run_id: str) -> None:
 
     round_metrics = [m["data"] for m in messages if m["type"] == "round_metrics"]
     assert sorted((d["round"], d["phase"]) for d in round_metrics) == [
-        (1, "evaluate"), (1, "train"), (2, "evaluate"), (2, "train")
+        (1, "evaluate"),
+        (1, "train"),
+        (2, "evaluate"),
+        (2, "train"),
     ]
     for data in round_metrics:
         values = data["metrics"]

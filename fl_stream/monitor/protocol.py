@@ -18,7 +18,7 @@ import json
 import math
 import numbers
 from collections.abc import Callable, Mapping
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 __all__ = [
@@ -27,12 +27,14 @@ __all__ = [
     "DEFAULT_RELAY_PORT",
     "DEFAULT_RELAY_URL",
     "MESSAGE_TYPES",
+    "METRIC_NAMES",
     "NON_FINITE",
     "RELAY_TOKEN_ENV",
     "EncodingError",
     "MessageError",
     "decode_message",
     "encode_message",
+    "lower_is_better",
     "make_message",
     "to_json_value",
     "utc_timestamp",
@@ -51,6 +53,15 @@ RELAY_TOKEN_ENV = "FL_STREAM_RELAY_TOKEN"
 
 NON_FINITE = {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}
 
+# The original design's metrics, in the order dashboards show them.
+METRIC_NAMES = ("loss", "accuracy", "precision", "recall", "f1", "auroc")
+
+
+def lower_is_better(metric: str) -> bool:
+    """Whether smaller values of ``metric`` are better: a loss (``loss``, ``val_loss``, ...)."""
+    return metric.endswith("loss")
+
+
 # The statuses a finished run may report in ``training_end``.
 RUN_STATUSES = ("completed", "early_stopped", "failed")
 
@@ -65,7 +76,7 @@ class EncodingError(MessageError):
 
 def utc_timestamp() -> str:
     """Return the current time as an ISO-8601 UTC string with microseconds."""
-    return datetime.now(timezone.utc).isoformat()
+    return datetime.now(UTC).isoformat()
 
 
 # --------------------------------------------------------------------------- encoding

@@ -13,23 +13,22 @@ from __future__ import annotations
 
 import math
 import os
-import sys
 import uuid
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from fl_stream.data import load_splits
-from fl_stream.early_stopping import EarlyStopping
-from fl_stream.messages import DEFAULT_RELAY_URL
-from fl_stream.model import build_model
-from fl_stream.runlog import DEFAULT_LOG_DIR, default_log_path
-from fl_stream.sender import MetricsWebSocketSender
-from fl_stream.task import evaluate, pick_device, train_epoch
+from fl_stream.centralized.early_stopping import EarlyStopping
+from fl_stream.monitor.protocol import DEFAULT_RELAY_URL
+from fl_stream.monitor.runlog import DEFAULT_LOG_DIR, default_log_path
+from fl_stream.monitor.sender import MetricsWebSocketSender
+from fl_stream.pneumonia.data import load_splits
+from fl_stream.pneumonia.model import build_model
+from fl_stream.pneumonia.task import evaluate, pick_device, train_epoch
 
 __all__ = ["CentralizedConfig", "CentralizedResult", "CentralizedTrainer", "new_run_id"]
 
@@ -38,7 +37,7 @@ EVAL_BATCH_SIZE = 256  # evaluation keeps no gradients, so larger batches are ch
 
 def new_run_id() -> str:
     """Return a fresh run id: ``central-<UTC timestamp>-<8 hex digits>``."""
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     return f"central-{stamp}-{uuid.uuid4().hex[:8]}"
 
 
@@ -252,9 +251,3 @@ def _save_atomically(state_dict: dict[str, torch.Tensor], path: Path) -> None:
     partial = path.with_name(path.name + ".partial")
     torch.save(state_dict, partial)
     os.replace(partial, path)
-
-
-if __name__ == "__main__":
-    from fl_stream.cli import main
-
-    raise SystemExit(main(["train-centralized", *sys.argv[1:]]))

@@ -1,10 +1,10 @@
 """MetricsWebSocketSender: stream training metrics to the relay without slowing training down.
 
-A ``send_*`` call builds and validates one message (:mod:`fl_stream.messages`), puts it on a
+A ``send_*`` call builds and validates one message (:mod:`fl_stream.monitor.protocol`), puts it on a
 bounded queue and returns ``True`` (or ``False``, with one logged error naming the field, when
 a value is invalid). It never blocks on the network and never raises into training code.
 
-A background thread (:mod:`fl_stream.delivery`) appends every accepted message to the local
+A background thread (:mod:`fl_stream.monitor.delivery`) appends every accepted message to the local
 JSONL run log and delivers it over one persistent, self-healing WebSocket connection; messages
 the relay has not acknowledged are resent after a reconnect, and the relay stores each once.
 """
@@ -25,7 +25,7 @@ from websockets.exceptions import InvalidURI
 from websockets.uri import parse_uri
 
 from .delivery import Delivery, SenderStats
-from .messages import MessageError, make_message
+from .protocol import MessageError, make_message
 from .runlog import default_log_path
 
 __all__ = ["MetricsWebSocketSender", "SenderStats"]

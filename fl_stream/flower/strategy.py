@@ -1,6 +1,7 @@
 """StreamingFedAvg: Flower's FedAvg that streams every round to the fl-stream relay.
 
-Message sequence of a run (all through one :class:`~fl_stream.sender.MetricsWebSocketSender`):
+Message sequence of a run (all through one
+:class:`~fl_stream.monitor.sender.MetricsWebSocketSender`):
 
 1. ``training_mode`` once the minimum number of nodes is connected;
 2. each round: ``round_metrics`` + ``client_metrics`` for phase ``train`` (from
@@ -26,8 +27,8 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg, Result
 from flwr.serverapp.strategy.strategy_utils import sample_nodes
 
-from fl_stream.metrics import lower_is_better
-from fl_stream.sender import MetricsWebSocketSender
+from fl_stream.monitor.protocol import lower_is_better
+from fl_stream.monitor.sender import MetricsWebSocketSender
 
 __all__ = ["EvaluateFn", "StreamingFedAvg", "aggregate_metrics"]
 

@@ -14,11 +14,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from fl_stream.data import PARTITIONINGS
-from fl_stream.messages import DEFAULT_RELAY_URL
-from fl_stream.metrics import METRIC_NAMES
-from fl_stream.model import MODELS
-from fl_stream.runlog import DEFAULT_LOG_DIR, default_log_path
+from fl_stream.monitor.protocol import DEFAULT_RELAY_URL, METRIC_NAMES
+from fl_stream.monitor.runlog import DEFAULT_LOG_DIR, default_log_path
+from fl_stream.pneumonia.data import PARTITIONINGS
+from fl_stream.pneumonia.model import MODELS
 
 __all__ = ["ConfigError", "RunConfig"]
 

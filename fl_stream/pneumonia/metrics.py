@@ -8,15 +8,11 @@ import numpy as np
 from numpy.typing import ArrayLike
 from sklearn.metrics import accuracy_score, precision_recall_fscore_support, roc_auc_score
 
-__all__ = ["METRIC_NAMES", "classification_metrics", "lower_is_better"]
+from fl_stream.monitor.protocol import METRIC_NAMES
 
-METRIC_NAMES = ("loss", "accuracy", "precision", "recall", "f1", "auroc")
+__all__ = ["METRIC_NAMES", "classification_metrics"]
+
 THRESHOLD = 0.5
-
-
-def lower_is_better(metric: str) -> bool:
-    """Whether smaller values of ``metric`` are better: a loss (``loss``, ``val_loss``, ...)."""
-    return metric.endswith("loss")
 
 
 def classification_metrics(

@@ -3,7 +3,7 @@
 :class:`Delivery` takes messages from any thread (:meth:`Delivery.put` never blocks) and runs
 a private asyncio loop on its own thread that
 
-* appends every message to the local JSONL run log (:mod:`fl_stream.runlog`), whether or not
+* appends every message to the local JSONL run log (:mod:`fl_stream.monitor.runlog`), whether or not
   a relay is reachable;
 * keeps one persistent WebSocket connection to the relay, reconnecting with capped
   exponential backoff and jitter;
@@ -15,7 +15,7 @@ A relay of the original design never acks. When no ack arrives within ``ack_time
 of the first message on a connection, that connection is treated as at-most-once: messages
 are sent once and not resent after a reconnect.
 
-:class:`fl_stream.sender.MetricsWebSocketSender` builds and validates the messages; this
+:class:`fl_stream.monitor.sender.MetricsWebSocketSender` builds and validates the messages; this
 module only delivers them.
 """
 
@@ -38,17 +38,17 @@ from typing import Any
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from .messages import Message, MessageError, encode_message, validate_message
+from .protocol import Message, MessageError, encode_message, validate_message
 from .runlog import JsonlLog
 
 __all__ = ["Delivery", "SenderStats", "backoff_delays"]
 
 # The sender's logger: users configure one logger for everything the sender reports.
-logger = logging.getLogger("fl_stream.sender")
+logger = logging.getLogger("fl_stream.monitor.sender")
 
 # websockets logs every reconnection attempt at INFO; the sender already warns once per outage.
 # Set this logger to DEBUG to see each attempt.
-_connection_logger = logging.getLogger("fl_stream.sender.websockets")
+_connection_logger = logging.getLogger("fl_stream.monitor.sender.websockets")
 _connection_logger.setLevel(logging.WARNING)
 
 
@@ -102,7 +102,7 @@ class Delivery:
         log_path: the JSONL run log.
         token: publisher token, sent as ``Authorization: Bearer <token>``.
         max_queue, max_in_flight, max_message_bytes, ack_timeout, backoff_initial,
-        backoff_max: as documented on :class:`~fl_stream.sender.MetricsWebSocketSender`.
+        backoff_max: as documented on :class:`~fl_stream.monitor.sender.MetricsWebSocketSender`.
         thread_name: the background thread's name.
     """
 
@@ -516,7 +516,7 @@ class Delivery:
             timeout = max(0.0, link.first_send + self._ack_timeout - time.monotonic())
         try:
             await asyncio.wait_for(self._outbox_ready.wait(), timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             self._assume_no_acks(link)
 
     def _assume_no_acks(self, link: _Link) -> None:

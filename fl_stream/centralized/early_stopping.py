@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 
-from fl_stream.metrics import METRIC_NAMES, lower_is_better
+from fl_stream.monitor.protocol import METRIC_NAMES, lower_is_better
 
 __all__ = ["MODES", "EarlyStopping", "default_mode", "monitorable_metrics"]
 

@@ -13,7 +13,7 @@ import os
 import re
 import threading
 from collections.abc import Iterable, Iterator
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +39,7 @@ def default_log_path(
     if run_id:
         name = _UNSAFE.sub("_", run_id).strip("._") or "run"
     else:
-        name = f"unnamed-{datetime.now(timezone.utc):%Y%m%dT%H%M%SZ}-{sender_id[:8]}"
+        name = f"unnamed-{datetime.now(UTC):%Y%m%dT%H%M%SZ}-{sender_id[:8]}"
     return directory / f"{name}.jsonl"
 
 

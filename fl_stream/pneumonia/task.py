@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch.utils.data import DataLoader
 
-from fl_stream.metrics import classification_metrics
+from fl_stream.pneumonia.metrics import classification_metrics
 
 __all__ = ["evaluate", "pick_device", "train_epoch"]
 

@@ -1,0 +1,1 @@
+"""Centralized (non-federated) training that streams every epoch, with early stopping."""

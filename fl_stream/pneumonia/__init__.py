@@ -1,0 +1,1 @@
+"""The pneumonia task: chest X-ray data sets and partitions, the ResNet, training loops, metrics."""
