@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from logging import INFO
 
 import torch
@@ -13,7 +12,6 @@ from torch.utils.data import DataLoader
 
 from fl_stream.flower.config import RunConfig
 from fl_stream.flower.strategy import EvaluateFn, StreamingFedAvg
-from fl_stream.monitor.protocol import RELAY_TOKEN_ENV
 from fl_stream.monitor.sender import MetricsWebSocketSender
 from fl_stream.pneumonia.data import load_splits
 from fl_stream.pneumonia.model import build_model
@@ -37,7 +35,7 @@ def main(grid: Grid, context: Context) -> None:
     with MetricsWebSocketSender(
         config.relay_url or None,
         run_id=run_id,
-        token=config.relay_token or os.environ.get(RELAY_TOKEN_ENV) or None,
+        token=config.relay_token,
         log_path=log_path,
     ) as sender:
         strategy = StreamingFedAvg(

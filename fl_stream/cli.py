@@ -8,7 +8,6 @@ Bad options end with one line on stderr and exit status 2, before anything is se
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from collections.abc import Sequence
 from functools import partial
@@ -158,7 +157,7 @@ def _train_centralized(args: argparse.Namespace, parser: argparse.ArgumentParser
                 min_delta=args.min_delta,
                 mode=args.mode,
                 relay_url=args.relay_url,
-                relay_token=args.relay_token or os.environ.get(RELAY_TOKEN_ENV) or None,
+                relay_token=args.relay_token,
                 log_path=args.log_path,
                 save_path=args.save_path,
                 progress=not args.no_progress,

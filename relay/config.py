@@ -9,7 +9,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from fl_stream.monitor.protocol import DEFAULT_RELAY_HOST, DEFAULT_RELAY_PORT, RELAY_TOKEN_ENV
+from fl_stream.monitor.protocol import (
+    DEFAULT_RELAY_HOST,
+    DEFAULT_RELAY_PORT,
+    RELAY_TOKEN_ENV,
+    relay_token,
+)
 
 __all__ = ["RelayConfig", "parse_args"]
 
@@ -71,7 +76,7 @@ def parse_args(argv: Sequence[str] | None = None) -> RelayConfig:
     )
     parser.add_argument(
         "--token",
-        default=os.environ.get(RELAY_TOKEN_ENV) or None,
+        default=relay_token(),
         help=f"publishers must send 'Authorization: Bearer <token>' (default: ${RELAY_TOKEN_ENV}; "
         "unset: anyone may publish)",
     )

@@ -189,18 +189,24 @@ def test_training_completes_with_the_relay_down_and_the_log_holds_every_message(
         trainer.run()
 
 
-def test_an_exception_in_training_sends_an_error_and_propagates(relay, tmp_path: Path) -> None:
+def test_an_exception_in_training_sends_error_and_failed_end_then_propagates(
+    relay, tmp_path: Path
+) -> None:
     # One training example: the only batch has one example, which BatchNorm cannot train on.
     one_example = str(write_npz(tmp_path / "one.npz", {"train": 1, "val": 4, "test": 4}))
     trainer = make_trainer(tmp_path, one_example, relay.ws_url)
     with ListeningClient(relay.ws_url, run_id=trainer.run_id, since=0) as listener:
         with pytest.raises(ValueError, match="empty data loader"):
             trainer.run()
-        listener.wait_for_type("error", timeout=RUN_TIMEOUT)
+        listener.wait_for_type("training_end", timeout=RUN_TIMEOUT)
         messages = listener.data_messages()
-    assert [m["type"] for m in messages] == ["training_mode", "error"]
+    # The same shape of failure as a federated run's (tests/test_strategy.py).
+    assert [m["type"] for m in messages] == ["training_mode", "error", "training_end"]
     assert messages[1]["data"]["error_type"] == "ValueError"
+    assert messages[1]["data"]["error"].startswith("ValueError: ")
     assert "empty data loader" in messages[1]["data"]["error"]
+    assert messages[2]["data"]["status"] == "failed"
+    assert messages[2]["data"]["run_id"] == trainer.run_id
 
 
 def test_cli_runs_a_streamed_training_and_saves_the_best_weights(

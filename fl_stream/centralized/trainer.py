@@ -24,7 +24,7 @@ from tqdm import tqdm
 
 from fl_stream.centralized.early_stopping import EarlyStopping
 from fl_stream.monitor.protocol import DEFAULT_RELAY_URL
-from fl_stream.monitor.runlog import DEFAULT_LOG_DIR, default_log_path
+from fl_stream.monitor.runlog import default_log_path, run_dir
 from fl_stream.monitor.sender import MetricsWebSocketSender
 from fl_stream.pneumonia.data import load_splits
 from fl_stream.pneumonia.model import build_model
@@ -124,7 +124,7 @@ class CentralizedTrainer:
         self.run_id = config.run_id or new_run_id()
         # The sender's own default; its sender id only names logs of runs without an id.
         self.log_path = Path(config.log_path or default_log_path(self.run_id, sender_id=""))
-        default_save_path = Path(DEFAULT_LOG_DIR, self.run_id, "best_model.pt")
+        default_save_path = run_dir(self.run_id) / "best_model.pt"
         self.save_path = Path(config.save_path or default_save_path)
         self.early_stopping = EarlyStopping(
             config.early_stopping_metric,
@@ -167,7 +167,9 @@ class CentralizedTrainer:
             try:
                 result = self._train(sender)
             except BaseException as exc:  # an interrupted run is worth reporting too
-                sender.send_error(str(exc) or repr(exc), type(exc).__name__)
+                sender.send_failure(
+                    self.run_id, exc, {"best_epoch": self.early_stopping.best_epoch}
+                )
                 raise
             sender.send_training_end(
                 self.run_id,

@@ -119,8 +119,7 @@ class StreamingFedAvg(FedAvg):
                 self._streaming_evaluate_fn(evaluate_fn) if evaluate_fn else None,
             )
         except BaseException as exc:  # KeyboardInterrupt too: the dashboard should know
-            self.sender.send_error(f"{type(exc).__name__}: {exc}", type(exc).__name__)
-            self.sender.send_training_end(self.run_id, self._summary("failed"))
+            self.sender.send_failure(self.run_id, exc, self._summary("failed"))
             raise
         self.sender.send_training_end(self.run_id, self._summary("completed"))
         return result

@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import math
 import numbers
+import os
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any
@@ -36,6 +37,7 @@ __all__ = [
     "encode_message",
     "lower_is_better",
     "make_message",
+    "relay_token",
     "to_json_value",
     "utc_timestamp",
     "validate_message",
@@ -50,6 +52,16 @@ DEFAULT_RELAY_PORT = 8765
 DEFAULT_RELAY_URL = f"ws://{DEFAULT_RELAY_HOST}:{DEFAULT_RELAY_PORT}"
 # One variable holds the publisher token for the relay and for every publisher.
 RELAY_TOKEN_ENV = "FL_STREAM_RELAY_TOKEN"
+
+
+def relay_token(explicit: str | None = None) -> str | None:
+    """The publisher token to use: ``explicit`` unless empty, else ``$FL_STREAM_RELAY_TOKEN``.
+
+    Returns None when neither is set (an open relay). Every publisher and the relay itself
+    read the token through this one rule.
+    """
+    return explicit or os.environ.get(RELAY_TOKEN_ENV) or None
+
 
 NON_FINITE = {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}
 

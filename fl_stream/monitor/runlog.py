@@ -17,12 +17,30 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-__all__ = ["DEFAULT_LOG_DIR", "LOG_DIR_ENV", "JsonlLog", "default_log_path", "read_log"]
+__all__ = ["DEFAULT_LOG_DIR", "LOG_DIR_ENV", "JsonlLog", "default_log_path", "read_log", "run_dir"]
 
 LOG_DIR_ENV = "FL_STREAM_LOG_DIR"
 DEFAULT_LOG_DIR = "runs"  # relative to the working directory
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+def run_dir(run_id: str, directory: str | os.PathLike[str] | None = None) -> Path:
+    """Return ``<directory>/<run_id>/``, the folder for a run's other files (e.g. weights).
+
+    ``directory`` defaults as in :func:`default_log_path`.
+    """
+    return _log_dir(directory) / _safe_name(run_id)
+
+
+def _log_dir(directory: str | os.PathLike[str] | None) -> Path:
+    return Path(
+        directory if directory is not None else os.environ.get(LOG_DIR_ENV) or DEFAULT_LOG_DIR
+    )
+
+
+def _safe_name(run_id: str) -> str:
+    return _UNSAFE.sub("_", run_id).strip("._") or "run"
 
 
 def default_log_path(
@@ -33,14 +51,11 @@ def default_log_path(
     ``directory`` defaults to ``$FL_STREAM_LOG_DIR``, or ``runs`` when that is unset. Without
     a run id the name is ``unnamed-<UTC time>-<sender id>.jsonl``, one file per sender.
     """
-    if directory is None:
-        directory = os.environ.get(LOG_DIR_ENV) or DEFAULT_LOG_DIR
-    directory = Path(directory)
     if run_id:
-        name = _UNSAFE.sub("_", run_id).strip("._") or "run"
+        name = _safe_name(run_id)
     else:
         name = f"unnamed-{datetime.now(UTC):%Y%m%dT%H%M%SZ}-{sender_id[:8]}"
-    return directory / f"{name}.jsonl"
+    return _log_dir(directory) / f"{name}.jsonl"
 
 
 class JsonlLog:

@@ -25,7 +25,7 @@ from websockets.exceptions import InvalidURI
 from websockets.uri import parse_uri
 
 from .delivery import Delivery, SenderStats
-from .protocol import MessageError, make_message
+from .protocol import DEFAULT_RELAY_URL, MessageError, make_message, relay_token
 from .runlog import default_log_path
 
 __all__ = ["MetricsWebSocketSender", "SenderStats"]
@@ -39,7 +39,8 @@ class MetricsWebSocketSender:
     Args:
         websocket_uri: the relay, ``ws://`` or ``wss://``; ``None`` writes the run log only.
         run_id: added to every message so the relay files it under this run.
-        token: publisher token, sent as ``Authorization: Bearer <token>``.
+        token: publisher token, sent as ``Authorization: Bearer <token>``; None or ``""``:
+            ``$FL_STREAM_RELAY_TOKEN`` when set (:func:`fl_stream.monitor.protocol.relay_token`).
         log_path: the JSONL run log; default ``$FL_STREAM_LOG_DIR/<run_id>.jsonl``
             (``runs/`` when the variable is unset).
         max_queue: messages that may wait for the relay; past it the oldest are dropped
@@ -62,7 +63,7 @@ class MetricsWebSocketSender:
 
     def __init__(
         self,
-        websocket_uri: str | None = "ws://localhost:8765",
+        websocket_uri: str | None = DEFAULT_RELAY_URL,
         *,
         run_id: str | None = None,
         token: str | None = None,
@@ -94,7 +95,7 @@ class MetricsWebSocketSender:
         self._delivery = Delivery(
             self.websocket_uri,
             self.log_path,
-            token=token,
+            token=relay_token(token),
             max_queue=max_queue,
             max_in_flight=max_in_flight,
             max_message_bytes=max_message_bytes,
@@ -209,6 +210,18 @@ class MetricsWebSocketSender:
     def send_error(self, error_message: str, error_type: str = "error") -> bool:
         """Report an error of the training run."""
         return self._send("error", {"error": error_message, "error_type": error_type})
+
+    def send_failure(
+        self, run_id: str, exc: BaseException, summary_data: Mapping[str, Any] | None = None
+    ) -> bool:
+        """Report that the run ended with ``exc``: ``error``, then a ``failed`` ``training_end``.
+
+        Every producer ends a failed run this way, so dashboards see one shape of failure.
+        ``summary_data`` adds what is known so far (``best_round``, ``final_metrics``, ...).
+        """
+        error_sent = self.send_error(f"{type(exc).__name__}: {exc}", type(exc).__name__)
+        end_sent = self.send_training_end(run_id, {**(summary_data or {}), "status": "failed"})
+        return error_sent and end_sent
 
     def send_early_stopping_triggered(
         self,
