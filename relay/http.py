@@ -10,6 +10,8 @@ Routes (GET):
     ``/favicon.ico``                   ``relay/static/favicon.ico``, or 204 when there is none
     ``/healthz``                       ``{"status": "ok"}``
     ``/stats``                         the relay's counters
+    ``/api/protocol``                  the wire protocol, ``fl_stream.monitor.protocol.describe()``
+                                       (the dashboard loads it before anything else)
     ``/api/runs``                      every run's summary, the most recently active first
     ``/api/runs/{run_id}/metrics``     one run: summary, messages (``?since=<seq>``), final metrics
 """
@@ -31,6 +33,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 from websockets.datastructures import Headers
 from websockets.http11 import Request, Response
 
+from fl_stream.monitor import protocol
 from relay.store import MessageStore
 
 __all__ = ["STATIC_DIR", "HttpRoutes"]
@@ -70,6 +73,8 @@ class HttpRoutes:
         if path == "/stats":
             uptime = round(time.monotonic() - self._started, 3)
             return json_response({**self.stats(), "uptime_s": uptime})
+        if path == "/api/protocol":
+            return _protocol_response()
         if path == "/api/runs":
             return json_response({"runs": self.store.runs()})
         if path.startswith(_RUN_PREFIX) and path.endswith(_RUN_SUFFIX):
@@ -125,6 +130,16 @@ def json_response(payload: Any, status: http.HTTPStatus = http.HTTPStatus.OK) ->
 def error_response(status: http.HTTPStatus, error: str) -> Response:
     """Return ``{"error": ...}`` with ``status``."""
     return json_response({"error": error}, status)
+
+
+@cache
+def _protocol_body() -> bytes:
+    return json.dumps(protocol.describe()).encode()
+
+
+def _protocol_response() -> Response:
+    # Not cached by browsers, like the page's own files: both always come from this relay.
+    return _response(http.HTTPStatus.OK, _protocol_body(), "application/json")
 
 
 @cache

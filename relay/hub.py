@@ -6,6 +6,11 @@ its insert in the store, and the batch of frames inserted during one loop iterat
 committed, broadcast and acknowledged together by :meth:`Hub.flush` (scheduled with
 ``call_soon``). Nothing is broadcast or acknowledged before the commit that makes it durable.
 
+What a connection receives depends on its :class:`Role`, declared in its URL query: a
+listener (no query, the original design) gets every live message until it subscribes; a
+subscriber (``?subscribe``) and a publisher (``?publish``) get only the replies to their own
+frames until they subscribe, and then what they subscribed to.
+
 Fan-out writes one pre-encoded frame to every target with :func:`websockets.broadcast`
 (synchronous, no task per client), then checks each target's write buffer: a subscriber past
 the cap is evicted with close code :data:`SLOW_CONSUMER` so it never slows anyone else.
@@ -14,6 +19,7 @@ the cap is evicted with close code :data:`SLOW_CONSUMER` so it never slows anyon
 from __future__ import annotations
 
 import asyncio
+import enum
 import json
 import logging
 import sqlite3
@@ -33,7 +39,7 @@ from fl_stream.monitor.protocol import (
 )
 from relay.store import DEFAULT_RUN, MessageStore
 
-__all__ = ["SLOW_CONSUMER", "Hub", "Stats"]
+__all__ = ["SLOW_CONSUMER", "Hub", "Role", "Stats"]
 
 logger = logging.getLogger("relay")
 
@@ -45,11 +51,34 @@ REPLAY_PAGE = 500
 EVICT_CLOSE_TIMEOUT = 1.0
 
 
+class Role(enum.Enum):
+    """What a connection declared itself in its URL query, and so what it gets before subscribing.
+
+    Whatever the role, a connection that subscribes receives what it subscribed to, and
+    every connection receives the replies to its own frames (ack, rejected, pong,
+    replay_end and replays).
+    """
+
+    LISTENER = "listener"  # no query (the original design): every live message of every run
+    SUBSCRIBER = "subscriber"  # ?subscribe: nothing live until its first subscribe
+    PUBLISHER = "publisher"  # ?publish: nothing live unless it subscribes
+
+    @classmethod
+    def from_query(cls, query: dict[str, list[str]]) -> Role:
+        """The role a parsed URL query asks for; ``publish`` wins over ``subscribe``."""
+        if "publish" in query:
+            return cls.PUBLISHER
+        if "subscribe" in query:
+            return cls.SUBSCRIBER
+        return cls.LISTENER
+
+
 @dataclass
 class Stats:
     """Counters served on ``/stats``."""
 
     connections: int = 0
+    publishers: int = 0  # connections open now that declared themselves publishers
     connections_total: int = 0
     messages_in: int = 0
     messages_out: int = 0
@@ -63,8 +92,9 @@ class _Client:
     """What the hub knows about one connection."""
 
     can_publish: bool
-    # False until its first subscribe: until then it receives every live message.
-    subscribed: bool = False
+    role: Role
+    # True while it is a listener that never subscribed: it receives every live message.
+    takes_everything: bool
     # Subscription (a run id, None: all runs) -> the newest row id when it went live: every
     # later message it matches has been sent to this connection already.
     live_from: dict[str | None, int] = field(default_factory=dict)
@@ -104,21 +134,21 @@ class Hub:
 
     # ----------------------------------------------------------------------- connections
 
-    async def handle(
-        self, websocket: ServerConnection, can_publish: bool, subscriber: bool
-    ) -> None:
+    async def handle(self, websocket: ServerConnection, can_publish: bool, role: Role) -> None:
         """Serve one connection until it closes.
 
         Args:
             can_publish: whether its messages are accepted (the token rule).
-            subscriber: True: it receives nothing until its first subscribe (the URL asked
-                ``?subscribe``); False: until then it receives every live message.
+            role: what it receives before it subscribes (see :class:`Role`).
         """
-        self._clients[websocket] = _Client(can_publish, subscribed=subscriber)
+        listener = role is Role.LISTENER
+        self._clients[websocket] = _Client(can_publish, role, takes_everything=listener)
         self._connections.add(websocket)
-        if not subscriber:
+        if listener:
             self._every_run.add(websocket)
         self.stats.connections += 1
+        if role is Role.PUBLISHER:
+            self.stats.publishers += 1
         self.stats.connections_total += 1
         try:
             async for frame in websocket:
@@ -135,9 +165,12 @@ class Hub:
             websocket.transport.abort()
 
     def _forget(self, websocket: ServerConnection) -> None:
-        if self._clients.pop(websocket, None) is None:
+        client = self._clients.pop(websocket, None)
+        if client is None:
             return
         self.stats.connections -= 1
+        if client.role is Role.PUBLISHER:
+            self.stats.publishers -= 1
         self._every_run.discard(websocket)
         for run_id in [r for r, subscribers in self._by_run.items() if websocket in subscribers]:
             self._leave_run(websocket, run_id)
@@ -274,8 +307,8 @@ class Hub:
         self, websocket: ServerConnection, client: _Client, data: dict[str, Any]
     ) -> None:
         run_id, since = data.get("run_id"), data.get("since")
-        if not client.subscribed:  # from now on it receives only what it subscribed to
-            client.subscribed = True
+        if client.takes_everything:  # from now on it receives only what it subscribed to
+            client.takes_everything = False
             self._every_run.discard(websocket)
         if since is not None:
             await self._replay(websocket, client, run_id, since)
@@ -323,6 +356,7 @@ class Hub:
     ) -> None:
         client.live_from.pop(run_id, None)
         if run_id is None:  # also ends the receive-everything of a never-subscribed one
+            client.takes_everything = False
             self._every_run.discard(websocket)
         else:
             self._leave_run(websocket, run_id)

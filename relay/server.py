@@ -22,7 +22,7 @@ from websockets.http11 import Request, Response
 
 from relay.config import RelayConfig
 from relay.http import HttpRoutes, error_response
-from relay.hub import Hub
+from relay.hub import Hub, Role
 from relay.store import MessageStore
 
 __all__ = ["RelayStartError", "run_relay"]
@@ -131,8 +131,9 @@ async def _listen(config: RelayConfig, hub: Hub, routes: HttpRoutes, gate: Gate)
 
     async def handler(websocket: ServerConnection) -> None:
         request = websocket.request
+        assert request is not None  # the handler runs after the handshake
         query = parse_qs(urlsplit(request.path).query, keep_blank_values=True)
-        await hub.handle(websocket, gate.may_publish(request.headers), "subscribe" in query)
+        await hub.handle(websocket, gate.may_publish(request.headers), Role.from_query(query))
 
     try:
         return await serve(

@@ -17,12 +17,18 @@ import sqlite3
 from pathlib import Path
 from typing import IO, Any
 
-from fl_stream.monitor.protocol import EncodingError, Message, encode_message
+from fl_stream.monitor.protocol import (
+    CENTRALIZED,
+    DEFAULT_RUN,
+    FEDERATED,
+    EncodingError,
+    Message,
+    encode_message,
+    run_status,
+)
 
+# DEFAULT_RUN (messages without run_id are filed there) is the protocol's, re-exported.
 __all__ = ["DEFAULT_RUN", "MessageStore"]
-
-# Messages that carry no run_id belong to this run.
-DEFAULT_RUN = "default"
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS messages (
@@ -205,9 +211,10 @@ class MessageStore:
     def runs(self) -> list[dict[str, Any]]:
         """Summarise every run, the most recently active first.
 
-        Each summary has ``run_id``, ``mode`` (``"federated"``, ``"centralized"`` or None),
-        ``status`` (``"running"``, ``"completed"``, ``"early_stopped"`` or ``"failed"``),
-        ``first_timestamp``, ``last_timestamp``, ``message_count`` and ``last_seq``.
+        Each summary has ``run_id``, ``mode`` (the protocol's ``FEDERATED``, ``CENTRALIZED``
+        or None), ``status`` (:func:`fl_stream.monitor.protocol.run_status`: ``RUNNING``,
+        then one of ``RUN_STATUSES``), ``first_timestamp``, ``last_timestamp``,
+        ``message_count`` and ``last_seq``.
         """
         return self._summaries("", ())
 
@@ -237,7 +244,7 @@ class MessageStore:
         return {
             "run_id": run_id,
             "mode": self._mode(run_id),
-            "status": _status(self.run_end(run_id)),
+            "status": run_status(self.run_end(run_id)),
             "first_timestamp": self._timestamp(run_id, first),
             "last_timestamp": self._timestamp(run_id, last),
             "message_count": count,
@@ -256,7 +263,7 @@ class MessageStore:
         ).fetchone()
         if row is None:
             return None
-        return "federated" if json.loads(row[0])["data"]["is_federated"] else "centralized"
+        return FEDERATED if json.loads(row[0])["data"]["is_federated"] else CENTRALIZED
 
 
 def _lock_exclusively(path: Path) -> IO[str]:
@@ -274,14 +281,6 @@ def _lock_exclusively(path: Path) -> IO[str]:
         lock.close()
         raise OSError(f"another relay is using it (lock {path} is held)") from None
     return lock
-
-
-def _status(end: Message | None) -> str:
-    if end is None:
-        return "running"
-    if end["type"] == "error":
-        return "failed"
-    return end["data"]["status"]
 
 
 def _encoding_error(exc: ValueError) -> EncodingError:

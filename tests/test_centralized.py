@@ -250,21 +250,27 @@ def test_cli_runs_a_streamed_training_and_saves_the_best_weights(
 
 
 BAD_OPTIONS = [
-    (["--epochs", "-2"], "epochs must be at least 1, got -2"),
+    (["--epochs", "-2"], "--epochs = -2 is invalid: expected an integer >= 1"),
     (["--epochs", "two"], "argument --epochs: invalid int value: 'two'"),
-    (["--batch-size", "1"], "batch size must be at least 2"),
-    (["--learning-rate", "-0.1"], "learning rate must be a finite number >= 0"),
+    (
+        ["--batch-size", "1"],
+        "--batch-size = 1 is invalid: expected an integer >= 2 (BatchNorm needs two examples)",
+    ),
+    (["--learning-rate", "-0.1"], "--learning-rate = -0.1 is invalid: expected a finite number"),
     (
         ["--early-stopping-metric", "val_speed"],
         "argument --early-stopping-metric: invalid choice: 'val_speed'",
     ),
-    (["--patience", "-1"], "patience must be an integer >= 0"),
-    (["--learning-rate", "inf"], "learning rate must be a finite number >= 0, got inf"),
-    (["--min-delta", "-1"], "min_delta must be a finite number >= 0"),
+    (["--patience", "-1"], "--patience = -1 is invalid: expected an integer >= 0 (0 never stops)"),
+    (["--learning-rate", "inf"], "--learning-rate = inf is invalid: expected a finite number >= 0"),
+    (["--min-delta", "-1"], "--min-delta = -1.0 is invalid: expected a finite number >= 0"),
     (["--mode", "up"], "argument --mode: invalid choice: 'up'"),
     (["--data-path", "no/such/file.npz"], "data path 'no/such/file.npz' does not exist"),
-    (["--image-size", "4"], "image_size must be at least 8 pixels"),
-    (["--relay-url", "http://127.0.0.1:8765"], "relay URL must start with ws:// or wss://"),
+    (["--image-size", "4"], "--image-size = 4 is invalid: expected an integer >= 8"),
+    (
+        ["--relay-url", "http://127.0.0.1:8765"],
+        "--relay-url = 'http://127.0.0.1:8765' is invalid: expected a ws:// or wss:// URL",
+    ),
 ]
 
 
@@ -299,7 +305,7 @@ def test_the_console_script_exits_2_with_one_line_and_no_traceback(tmp_path: Pat
     )
     assert done.returncode == 2
     assert done.stderr.splitlines() == [
-        "fl-stream train-centralized: error: epochs must be at least 1, got -2 "
+        "fl-stream train-centralized: error: --epochs = -2 is invalid: expected an integer >= 1 "
         "(see fl-stream train-centralized --help)"
     ]
     assert done.stdout == ""

@@ -13,6 +13,7 @@ when it is not in Debian's place; ``FL_STREAM_ARTIFACTS`` is where screenshots g
 
 from __future__ import annotations
 
+import copy
 import csv
 import io
 import json
@@ -28,14 +29,15 @@ from typing import Any
 
 import pytest
 
-from fl_stream.monitor.protocol import make_message
+from fl_stream.monitor import protocol
+from fl_stream.monitor.protocol import EVAL_BY_SERVER, METRIC_NAMES, make_message
 from fl_stream.monitor.sender import MetricsWebSocketSender
-from tests.support import RelayProcess, publish
+from tests.support import RelayProcess, get_json, publish
 
 pytestmark = pytest.mark.browser
 
 REPO = Path(__file__).resolve().parents[1]
-METRICS = ("loss", "accuracy", "precision", "recall", "f1", "auroc")
+METRICS = METRIC_NAMES
 # The issue's promise: a published message is on the charts within a second.
 LIVE_WITHIN_MS = 1_000
 # Reconnecting and replaying after an outage; generous for a loaded 2-core machine.
@@ -180,15 +182,17 @@ def dashboard(browser: Any, relay: RelayProcess) -> Iterator[Dashboard]:
 
 
 def _metrics(step: float, shift: float = 0.0) -> dict[str, float]:
+    """One value per metric of the protocol, in METRIC_NAMES order (the loss, then scores)."""
     accuracy = 0.6 + 0.3 * (1 - math.exp(-step / 2)) + shift
-    return {
-        "loss": 0.9 * math.exp(-step / 3) + 0.1 - shift,
-        "accuracy": accuracy,
-        "precision": accuracy - 0.03,
-        "recall": accuracy + 0.02,
-        "f1": accuracy - 0.01,
-        "auroc": min(0.99, accuracy + 0.05),
-    }
+    loss = 0.9 * math.exp(-step / 3) + 0.1 - shift
+    scores = (
+        accuracy,
+        accuracy - 0.03,
+        accuracy + 0.02,
+        accuracy - 0.01,
+        min(0.99, accuracy + 0.05),
+    )
+    return dict(zip(METRIC_NAMES, (loss, *scores), strict=True))
 
 
 def centralized_epochs(run_id: str, first: int, last: int) -> list[Message]:
@@ -212,8 +216,9 @@ def federated_run(run_id: str, rounds: int = 5, clients: int = 3) -> list[Messag
     """A finished federated run as StreamingFedAvg streams it.
 
     training_mode, then per round: round_metrics + client_metrics for ``train`` and
-    ``evaluate``, round_end (with a centralized evaluation), and training_end. Client 1 has
-    worse metrics (an outlier) and client 2 trains three times slower (a straggler).
+    ``evaluate``, round_end (with the server's centralized evaluation), and training_end.
+    Client 1 has worse metrics (an outlier) and client 2 trains three times slower (a
+    straggler).
     """
     rng = random.Random(0)
     info = {"is_federated": True, "num_rounds": rounds, "num_clients": clients}
@@ -253,6 +258,7 @@ def federated_run(run_id: str, rounds: int = 5, clients: int = 3) -> list[Messag
                     "total_rounds": rounds,
                     "fit_metrics": _metrics(rnd, 0.03),
                     "eval_metrics": _metrics(rnd, -0.02),
+                    "eval_source": EVAL_BY_SERVER,
                 },
                 run_id=run_id,
             )
@@ -518,3 +524,110 @@ def test_finished_federated_run_screenshot_and_downloads(
     print(f"dashboard screenshot: {path}")
     assert path.stat().st_size > 10_000
     assert dashboard.errors == []
+
+
+def _round_end(run_id: str, rnd: int, **extra: Any) -> Message:
+    data = {
+        "round": rnd,
+        "total_rounds": 2,
+        "fit_metrics": _metrics(rnd, 0.03),
+        "eval_metrics": _metrics(rnd),
+        **extra,
+    }
+    return make_message("round_end", data, run_id=run_id)
+
+
+def _round_metrics(run_id: str, rnd: int, phase: str, metrics: dict[str, float]) -> Message:
+    data = {"round": rnd, "total_rounds": 2, "phase": phase, "metrics": metrics}
+    return make_message("round_metrics", data, run_id=run_id)
+
+
+def test_eval_lines_follow_round_ends_eval_source(
+    dashboard: Dashboard, relay: RelayProcess
+) -> None:
+    # fraction-evaluate=0 with centralized evaluation: no client evaluates, and the server's
+    # evaluation is still drawn as the server's.
+    server_only = [
+        message
+        for rnd in (1, 2)
+        for message in (
+            _round_metrics("server-only", rnd, "train", _metrics(rnd, 0.03)),
+            _round_end("server-only", rnd, eval_source=EVAL_BY_SERVER),
+        )
+    ]
+    # The original format has no eval_source: its eval metrics are the clients', even where
+    # they differ from the clients' evaluate averages (nothing is guessed from the values).
+    original = [
+        message
+        for rnd in (1, 2)
+        for message in (
+            _round_metrics("original", rnd, "evaluate", _metrics(rnd, 0.1)),
+            _round_end("original", rnd),
+        )
+    ]
+    publish_all(relay, server_only + original)
+
+    dashboard.open("?run=server-only")
+    dashboard.wait_for_seq(len(server_only))
+    charts = dashboard.charts()
+    assert set(charts["loss"]) == {"fit", "central eval"}
+    assert charts["loss"]["central eval"]["y"] == [_metrics(1)["loss"], _metrics(2)["loss"]]
+
+    dashboard.page.select_option("#run-picker", "original")
+    dashboard.wait(
+        "() => document.body.dataset.runId === 'original' && document.body.dataset.lastSeq === '4'",
+        RECOVER_WITHIN_MS,
+    )
+    charts = dashboard.charts()
+    assert set(charts["loss"]) == {"fit", "eval"}
+    assert charts["loss"]["eval"]["y"] == [_metrics(1)["loss"], _metrics(2)["loss"]]
+    assert dashboard.errors == []
+
+
+def test_the_pages_constants_come_from_the_relay(dashboard: Dashboard, relay: RelayProcess) -> None:
+    served = get_json(f"{relay.http_url}/api/protocol")
+    assert served == protocol.describe()
+    # A relay describing another protocol gets a page that follows it: the page itself
+    # declares no metric, label or status.
+    changed = copy.deepcopy(served)
+    changed["metric_names"] = [*served["metric_names"][:2], "dice"]
+    changed["fraction_metrics"].append("dice")
+    changed["round_phases"]["train"] = "local fit"
+    changed["status_labels"][protocol.COMPLETED] = "all done"
+    changed["default_run"] = "unnamed"
+    dashboard.page.route("**/api/protocol", lambda route: route.fulfill(json=changed))
+    dashboard.open()
+    held = dashboard.page.evaluate("import('./static/protocol.js').then((m) => m.PROTOCOL)")
+    assert held == changed
+    assert dashboard.page.evaluate("import('./static/protocol.js').then((m) => m.DEFAULT_RUN)") == (
+        "unnamed"
+    )
+
+    run = "relabelled"
+    metrics = {**_metrics(1), "dice": 0.5}
+    end = {"run_id": run, "status": protocol.COMPLETED, "final_metrics": metrics}
+    publish_all(
+        relay,
+        [
+            _round_metrics(run, 1, "train", metrics),
+            make_message("training_end", end, run_id=run),
+        ],
+    )
+    dashboard.wait_for_seq(2)
+    charts = dashboard.charts()
+    assert list(charts) == changed["metric_names"]
+    assert charts["dice"] == {"local fit": {"x": [1], "y": [0.5]}}
+    assert dashboard.text("#status") == "all done"
+    assert dashboard.errors == []
+
+
+def test_a_page_that_cannot_load_the_protocol_says_so(dashboard: Dashboard) -> None:
+    dashboard.page.route("**/api/protocol", lambda route: route.fulfill(status=503, body="down"))
+    dashboard.page.goto(f"{dashboard.relay.http_url}/")
+    dashboard.wait(
+        "document.getElementById('empty-state').textContent.includes('protocol')",
+        RECOVER_WITHIN_MS,
+    )
+    assert "could not load the protocol from the relay (HTTP 503)" in dashboard.text("#empty-state")
+    assert any("could not load the protocol" in error for error in dashboard.errors)
+    assert dashboard.page.locator(".js-plotly-plot").count() == 0

@@ -11,26 +11,27 @@ import numpy as np
 import pytest
 import torch
 
+from fl_stream.monitor import protocol
 from fl_stream.monitor.protocol import (
     CONTROL_TYPES,
+    EVAL_BY_SERVER,
     MESSAGE_TYPES,
+    METRIC_NAMES,
+    RUN_STATUSES,
     EncodingError,
     MessageError,
     decode_message,
     encode_message,
+    is_duration,
+    lower_is_better,
     make_message,
+    run_status,
     to_json_value,
     validate_message,
 )
 
-METRICS = {
-    "loss": 0.25,
-    "accuracy": 0.9,
-    "precision": 0.8,
-    "recall": 0.7,
-    "f1": 0.75,
-    "auroc": 0.88,
-}
+# One value per metric of the original design, in METRIC_NAMES order.
+METRICS = dict(zip(METRIC_NAMES, (0.25, 0.9, 0.8, 0.7, 0.75, 0.88), strict=True))
 
 # One valid data object per message type of the design, plus per-client metrics.
 VALID_DATA: dict[str, dict[str, Any]] = {
@@ -205,7 +206,7 @@ def test_values_that_cannot_be_encoded_name_their_field(metrics: dict, error: st
         (
             "training_end",
             {**VALID_DATA["training_end"], "status": "done"},
-            r"^data\.status: expected one of 'completed', 'early_stopped', 'failed'",
+            r"^data\.status: expected one of " + ", ".join(repr(s) for s in RUN_STATUSES),
         ),
         (
             "training_mode",
@@ -216,6 +217,42 @@ def test_values_that_cannot_be_encoded_name_their_field(metrics: dict, error: st
             "training_mode",
             {**VALID_DATA["training_mode"], "num_epochs": -1},
             r"^data\.num_epochs: expected an integer >= 0",
+        ),
+        (
+            "client_metrics",
+            {
+                **VALID_DATA["client_metrics"],
+                "clients": [{"client_id": "3", "num_examples": 1, "metrics": {}, "node_id": 9}],
+            },
+            r"^data\.clients\[0\]\.node_id: expected a string, got 9",
+        ),
+        (
+            "client_metrics",
+            {
+                **VALID_DATA["client_metrics"],
+                "clients": [{"client_id": "3", "num_examples": 0, "metrics": {}, "error": None}],
+            },
+            r"^data\.clients\[0\]\.error: expected a string, got None",
+        ),
+        (
+            "client_metrics",
+            {**VALID_DATA["client_metrics"], "clients": [{"num_examples": 1, "metrics": {}}]},
+            r"^data\.clients\[0\]\.client_id: expected a string, got None",
+        ),
+        (
+            "training_end",
+            {**VALID_DATA["training_end"], "best_metric": 3},
+            r"^data\.best_metric: expected a string, got 3",
+        ),
+        (
+            "training_end",
+            {**VALID_DATA["training_end"], "run_id": 4.5},
+            r"^data\.run_id: expected a string or an integer",
+        ),
+        (
+            "round_end",
+            {**VALID_DATA["round_end"], "eval_source": "gpu"},
+            r"^data\.eval_source: expected one of 'clients', 'server', got 'gpu'",
         ),
     ],
 )
@@ -281,3 +318,67 @@ def test_huge_integers_validate_without_overflow() -> None:
         '"data": {"epoch": 1, "phase": "val", "metrics": {"n": 1' + "0" * 400 + "}}}"
     )
     assert message["data"]["metrics"]["n"] == 10**400
+
+
+def test_the_original_designs_messages_stay_valid() -> None:
+    # As the original design wrote them: no run_id or msg_id, no optional field, and its
+    # training_end names the run with an integer.
+    for message_type, data in VALID_DATA.items():
+        validate_message({"type": message_type, "timestamp": "2026-01-01T00:00:00Z", "data": data})
+    end = {**VALID_DATA["training_end"], "run_id": 42}
+    assert make_message("training_end", end)["data"]["run_id"] == 42
+
+
+def test_fields_beyond_the_original_are_declared_optional() -> None:
+    failed_client = {
+        "client_id": "1",
+        "node_id": "8123456789012345678",
+        "num_examples": 0,
+        "metrics": {},
+        "error": "node went away",
+    }
+    for message_type, extra in [
+        ("client_metrics", {"clients": [failed_client]}),
+        ("round_end", {"eval_source": EVAL_BY_SERVER}),
+        ("training_end", {"best_round": 2, "best_metric": "loss"}),
+        ("round_metrics", {"phase": "train", "num_clients": 2}),
+        ("training_mode", {"num_epochs": 5}),
+    ]:
+        required, optional = MESSAGE_TYPES[message_type]
+        assert set(extra) - {"clients"} <= set(optional), message_type
+        make_message(message_type, {**VALID_DATA[message_type], **extra})
+    assert set(protocol.CLIENT_ENTRY[1]) == {"node_id", "error"}
+
+
+@pytest.mark.parametrize(
+    ("metric", "lower"),
+    [
+        ("loss", True),
+        ("val_loss", True),
+        ("train-time", True),
+        ("fit_duration", True),
+        ("epoch_seconds", True),
+        ("Train_Time", True),
+        ("accuracy", False),
+        ("val_auroc", False),
+        ("f1", False),
+    ],
+)
+def test_lower_is_better_covers_losses_and_durations(metric: str, lower: bool) -> None:
+    assert lower_is_better(metric) is lower
+    assert is_duration(metric) is (lower and not metric.endswith("loss"))
+
+
+def test_every_seed_metric_has_a_direction() -> None:
+    lower = [name for name in METRIC_NAMES if lower_is_better(name)]
+    assert lower == [METRIC_NAMES[0]]  # the loss; all the others are fractions, higher better
+    assert set(protocol.FRACTION_METRICS) == set(METRIC_NAMES) - set(lower)
+
+
+def test_run_status_follows_the_last_end_message() -> None:
+    assert run_status(None) == protocol.RUNNING
+    assert run_status(make_message("error", VALID_DATA["error"])) == protocol.FAILED
+    for status in RUN_STATUSES:
+        end = make_message("training_end", {**VALID_DATA["training_end"], "status": status})
+        assert run_status(end) == status
+    assert set(protocol.STATUS_LABELS) == {protocol.RUNNING, *RUN_STATUSES}

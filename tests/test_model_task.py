@@ -54,18 +54,24 @@ def test_training_lowers_the_loss_on_synthetic_data():
     torch.manual_seed(0)
     splits = synthetic_splits(sizes={"train": 96, "val": 8, "test": 64})
     model = build_model()
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    # 3 epochs of 6 batches from scratch: at lr 0.01 with momentum 0.9 (an effective step of
+    # 0.1) the weights jump so far per step that BatchNorm's running statistics, used in eval
+    # mode, no longer match them, and the eval loss swings to several times ln 2 although the
+    # same weights with recomputed statistics fit the data; 0.001 learns it smoothly.
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.001, momentum=0.9)
     loader = DataLoader(splits.train, batch_size=16, shuffle=True)
     device = pick_device()
     # Scored in eval mode before and after: a training epoch's own loss mixes in BatchNorm's
     # batch statistics and the model's changes within the epoch.
     before = evaluate(model, DataLoader(splits.train, batch_size=96), device)
+    assert before["loss"] == pytest.approx(math.log(2), abs=0.05)  # untrained: a coin flip
     epochs = [train_epoch(model, loader, optimizer, device) for _ in range(3)]
     assert set(epochs[0]) == set(METRIC_NAMES)
     after = evaluate(model, DataLoader(splits.train, batch_size=96), device)
-    assert after["loss"] < before["loss"]
+    assert after["loss"] < before["loss"] / 2  # ≈ 0.1 over seeds 0-7; ln 2 / 2 ≈ 0.35
     result = evaluate(model, DataLoader(splits.test, batch_size=64), device)
     assert set(result) == set(METRIC_NAMES) and 0.0 <= result["accuracy"] <= 1.0
+    assert result["loss"] < before["loss"]  # it generalises: better than chance on unseen data
 
 
 def test_a_trailing_batch_of_one_is_skipped_in_training():

@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -104,6 +105,54 @@ def test_subscriptions_select_runs_and_deliver_once(relay: RelayProcess) -> None
         ("b", 2),
         ("a", 2),
     ]
+
+
+def test_publishers_get_only_the_replies_to_their_own_frames(relay: RelayProcess) -> None:
+    with (
+        ListeningClient(f"{relay.ws_url}/?publish") as publisher_a,
+        ListeningClient(f"{relay.ws_url}/?x=1&publish") as publisher_b,
+        ListeningClient(relay.ws_url) as everything,  # the original design: no query
+    ):
+        publisher_a.send(epoch_end("a", 1, msg_id="a-1"))
+        publisher_a.wait_for_type("ack")
+        for frame in (epoch_end("b", 1, msg_id="b-1"), epoch_end("b", 2), "junk"):
+            publisher_b.send(frame)
+        publisher_b.wait_for(lambda msgs: len(msgs) == 4)  # pong, ack, ack, rejected
+        publisher_a.send(epoch_end("a", 2))
+        publisher_a.wait_for_type("ack", count=2)
+        everything.wait_for(lambda msgs: len(seqs(msgs)) == 4)
+        # A broadcast is written before the ack that follows it, and a pong after both:
+        # whatever the relay sent a publisher has arrived by its second pong.
+        for publisher in (publisher_a, publisher_b):
+            publisher.send(control("ping"))
+            publisher.wait_for_type("pong", count=2)
+    assert [m["type"] for m in publisher_a.messages] == ["pong", "ack", "ack", "pong"]
+    assert [m["type"] for m in publisher_b.messages] == ["pong", "ack", "ack", "rejected", "pong"]
+    assert [m["data"] for m in publisher_a.of_type("ack")] == [
+        {"run_id": "a", "seq": 1, "msg_id": "a-1"},
+        {"run_id": "a", "seq": 2, "msg_id": None},
+    ]
+    assert [m["data"]["seq"] for m in publisher_b.of_type("ack")] == [1, 2]
+    assert [(m["run_id"], m["seq"]) for m in everything.data_messages()] == [
+        ("a", 1),
+        ("b", 1),
+        ("b", 2),
+        ("a", 2),
+    ]
+
+
+def test_a_publisher_that_subscribes_receives_what_it_subscribed_to(relay: RelayProcess) -> None:
+    publish(relay.ws_url, [epoch_end("a", 1), epoch_end("b", 1)])
+    with ListeningClient(f"{relay.ws_url}/?publish") as publisher:
+        publisher.subscribe("a", since=0)  # a replay, then run a live
+        assert [(m["run_id"], m["seq"]) for m in publisher.data_messages()] == [("a", 1)]
+        publisher.send(epoch_end("a", 2))  # its own: acknowledged, never echoed
+        publisher.wait_for_type("ack")
+        publish(relay.ws_url, [epoch_end("b", 2), epoch_end("a", 3)])
+        publisher.wait_for(lambda msgs: len(seqs(msgs)) == 2)
+        publisher.send(control("ping"))
+        publisher.wait_for_type("pong", count=2)
+    assert [(m["run_id"], m["seq"]) for m in publisher.data_messages()] == [("a", 1), ("a", 3)]
 
 
 def test_resent_message_is_acked_again_with_its_seq_and_not_broadcast_again(
@@ -463,6 +512,27 @@ def test_healthz_stats_and_favicon(relay: RelayProcess) -> None:
         1,
         0,
     )
+
+
+def test_stats_count_publishers_and_send_them_nothing(relay: RelayProcess) -> None:
+    with (
+        ListeningClient(relay.ws_url) as listener,
+        ListeningClient(f"{relay.ws_url}/?publish") as publisher,
+        ListeningClient(f"{relay.ws_url}/?subscribe"),  # subscribes to nothing: gets nothing
+    ):
+        publisher.send(epoch_end("run", 1))
+        publisher.send("junk")
+        publisher.wait_for_type("rejected")
+        listener.wait_for(lambda msgs: len(seqs(msgs)) == 1)
+        during = get_json(f"{relay.http_url}/stats")
+    deadline = time.monotonic() + 10
+    while (after := get_json(f"{relay.http_url}/stats"))["connections"] and (
+        time.monotonic() < deadline
+    ):
+        time.sleep(0.05)
+    assert (during["connections"], during["publishers"]) == (3, 1)
+    assert (during["messages_in"], during["messages_out"], during["rejected"]) == (1, 1, 1)
+    assert (after["connections"], after["publishers"], after["connections_total"]) == (0, 0, 3)
 
 
 # --------------------------------------------------------------------------- process life

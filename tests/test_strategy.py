@@ -18,7 +18,14 @@ from flwr.supercore.task_identity import TaskIdentity
 from client_app import app as client_app
 from fl_stream.flower.config import RunConfig
 from fl_stream.flower.strategy import StreamingFedAvg, aggregate_metrics
-from fl_stream.monitor.protocol import validate_message
+from fl_stream.monitor.protocol import (
+    COMPLETED,
+    EVAL_BY_CLIENTS,
+    EVAL_BY_SERVER,
+    FAILED,
+    METRIC_NAMES,
+    validate_message,
+)
 from fl_stream.monitor.runlog import read_log
 from fl_stream.monitor.sender import MetricsWebSocketSender
 from fl_stream.pneumonia.model import build_model
@@ -27,7 +34,7 @@ from tests.support import ListeningClient, free_port
 
 RUN_ID = 4242
 SMALL = {"samples-per-client": 20, "batch-size": 8}
-METRICS = {"loss", "accuracy", "precision", "recall", "f1", "auroc"}
+METRICS = set(METRIC_NAMES)
 
 
 class DirectGrid(Grid):
@@ -72,9 +79,9 @@ class DirectGrid(Grid):
         return [client_app(m, self.contexts[m.metadata.dst_node_id]) for m in messages]
 
 
-def _run(sender, num_rounds: int = 2, evaluate_fn=None, run_config=SMALL):
+def _run(sender, num_rounds: int = 2, evaluate_fn=None, run_config=SMALL, **fedavg_args):
     torch.manual_seed(0)
-    strategy = StreamingFedAvg(sender, run_id=str(RUN_ID))
+    strategy = StreamingFedAvg(sender, run_id=str(RUN_ID), **fedavg_args)
     return strategy.start(
         grid=DirectGrid(2, run_config),
         initial_arrays=ArrayRecord(build_model().state_dict()),
@@ -117,17 +124,21 @@ def test_hooks_stream_the_whole_run_to_a_listening_dashboard(relay, tmp_path):
         assert sorted(c["client_id"] for c in data["clients"]) == ["0", "1"]
         for client in data["clients"]:
             assert client["metrics"].keys() >= METRICS and client["num_examples"] > 0
+            assert isinstance(client["node_id"], str) and "error" not in client
     train_clients = clients[0]["clients"]
     assert {c["num_examples"] for c in train_clients} == {16}  # 20 capped, 20 % held out
     assert all(c["metrics"]["train-time"] > 0 for c in train_clients)
 
-    # Centralized evaluation is on: round_end carries the global model's test-set metrics.
+    # Centralized evaluation is on: round_end carries the global model's test-set metrics,
+    # and says so.
     round_end = [m["data"] for m in received if m["type"] == "round_end"]
     for rnd, data in enumerate(round_end, start=1):
+        assert data["eval_source"] == EVAL_BY_SERVER
         assert data["eval_metrics"] == pytest.approx(dict(result.evaluate_metrics_serverapp[rnd]))
         assert data["fit_metrics"] == pytest.approx(dict(result.train_metrics_clientapp[rnd]))
     end = received[-1]["data"]
-    assert end["run_id"] == str(RUN_ID) and end["status"] == "completed"
+    assert end["run_id"] == str(RUN_ID) and end["status"] == COMPLETED
+    assert end["best_metric"] == "loss"
     losses = {rnd: data["eval_metrics"]["loss"] for rnd, data in enumerate(round_end, start=1)}
     assert end["best_round"] == min(losses, key=losses.get)
     assert end["final_metrics"] == round_end[-1]["eval_metrics"]
@@ -168,7 +179,7 @@ def test_failure_streams_error_and_failed_end_then_raises_with_relay_down(tmp_pa
         "error": "RuntimeError: test set unreadable",
         "error_type": "RuntimeError",
     }
-    assert logged[-1]["data"]["status"] == "failed" and logged[-1]["data"]["best_round"] is None
+    assert logged[-1]["data"]["status"] == FAILED and logged[-1]["data"]["best_round"] is None
 
 
 def test_without_centralized_eval_round_end_carries_federated_eval(tmp_path):
@@ -176,8 +187,26 @@ def test_without_centralized_eval_round_end_carries_federated_eval(tmp_path):
     with MetricsWebSocketSender(None, run_id=str(RUN_ID), log_path=log_path) as sender:
         result = _run(sender, num_rounds=1)
     (round_end,) = [m["data"] for m in read_log(log_path) if m["type"] == "round_end"]
+    assert round_end["eval_source"] == EVAL_BY_CLIENTS
     assert round_end["eval_metrics"] == pytest.approx(dict(result.evaluate_metrics_clientapp[1]))
     assert round_end["fit_metrics"] == pytest.approx(dict(result.train_metrics_clientapp[1]))
+
+
+def test_server_only_evaluation_is_sent_as_the_servers(tmp_path):
+    """fraction-evaluate=0: no client evaluates, so round_end's eval metrics are the server's."""
+
+    def server_evaluation(server_round: int, arrays: ArrayRecord) -> MetricRecord:
+        return MetricRecord({"loss": 0.5, "accuracy": 0.75})
+
+    log_path = tmp_path / "server-only.jsonl"
+    with MetricsWebSocketSender(None, run_id=str(RUN_ID), log_path=log_path) as sender:
+        _run(sender, num_rounds=1, evaluate_fn=server_evaluation, fraction_evaluate=0.0)
+    logged = list(read_log(log_path))
+    per_phase = [m for m in logged if m["type"] in ("round_metrics", "client_metrics")]
+    assert [m["data"]["phase"] for m in per_phase] == ["train", "train"]
+    (round_end,) = [m["data"] for m in logged if m["type"] == "round_end"]
+    assert round_end["eval_source"] == EVAL_BY_SERVER
+    assert round_end["eval_metrics"] == {"loss": 0.5, "accuracy": 0.75}
 
 
 def _reply_record(num_examples: int, **metrics: float) -> RecordDict:

@@ -11,7 +11,6 @@ Run it with ``fl-stream train-centralized`` or ``python -m fl_stream.centralized
 
 from __future__ import annotations
 
-import math
 import os
 import uuid
 from dataclasses import dataclass
@@ -22,17 +21,35 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from fl_stream.centralized.early_stopping import EarlyStopping
-from fl_stream.monitor.protocol import DEFAULT_RELAY_URL
-from fl_stream.monitor.runlog import default_log_path, run_dir
+from fl_stream.centralized.early_stopping import MODES, EarlyStopping, monitorable_metrics
+from fl_stream.monitor.protocol import DEFAULT_RELAY_URL, RELAY_TOKEN_ENV
+from fl_stream.monitor.runlog import LOG_DIR_ENV, default_log_path, run_dir
 from fl_stream.monitor.sender import MetricsWebSocketSender
 from fl_stream.pneumonia.data import load_splits
-from fl_stream.pneumonia.model import build_model
+from fl_stream.pneumonia.model import MODELS, build_model
 from fl_stream.pneumonia.task import evaluate, pick_device, train_epoch
+from fl_stream.settings import (
+    BATCH_SIZE,
+    IMAGE_SIZE,
+    NON_NEGATIVE_INT,
+    POSITIVE_INT,
+    WS_URL,
+    at_least,
+    finite_at_least,
+    one_of,
+    setting,
+    validate,
+)
 
 __all__ = ["CentralizedConfig", "CentralizedResult", "CentralizedTrainer", "new_run_id"]
 
 EVAL_BATCH_SIZE = 256  # evaluation keeps no gradients, so larger batches are cheap
+
+# The sections of `fl-stream train-centralized --help`, in the order they appear.
+TRAINING = "training"
+DATA = "data and model"
+STOPPING = "early stopping and best epoch"
+OUTPUT = "monitoring and output"
 
 
 def new_run_id() -> str:
@@ -45,49 +62,96 @@ def new_run_id() -> str:
 class CentralizedConfig:
     """Everything one centralized run needs; defaults give a small run on the synthetic set.
 
-    ``relay_url`` ``""`` writes the run log only. ``log_path`` (JSONL copy of every message)
-    defaults to the sender's ``runs/<run_id>.jsonl`` and ``save_path`` (best weights) to
-    ``runs/<run_id>/best_model.pt``. ``patience`` 0 turns stopping off;
-    ``early_stopping_metric`` then still picks the best epoch.
+    Each field is also an option of ``fl-stream train-centralized`` (``batch_size`` is
+    ``--batch-size``), with the same default, check and help. ``relay_url`` ``""`` writes the
+    run log only. ``patience`` 0 turns stopping off; ``early_stopping_metric`` then still picks
+    the best epoch.
+
+    Raises:
+        SettingError: a value of the wrong type or out of range, named by its field.
     """
 
-    epochs: int = 3
-    batch_size: int = 32
-    learning_rate: float = 0.01
-    data_path: str | None = None
-    image_size: int = 28
-    model: str = "resnet18"
-    seed: int = 0
-    early_stopping_metric: str = "val_loss"
-    patience: int = 3
-    min_delta: float = 0.0
-    mode: str | None = None
-    relay_url: str = DEFAULT_RELAY_URL
-    relay_token: str | None = None
-    log_path: str | None = None
-    save_path: str | None = None
-    run_id: str | None = None
-    progress: bool = False  # a progress bar (stderr) and a summary line (stdout) per epoch
+    epochs: int = setting(3, check=POSITIVE_INT, help="epochs to train", group=TRAINING)
+    batch_size: int = setting(32, check=BATCH_SIZE, help="examples per batch", group=TRAINING)
+    learning_rate: float = setting(
+        0.01, check=finite_at_least(0), help="SGD step size, momentum 0.9", group=TRAINING
+    )
+    data_path: str | None = setting(
+        None,
+        help="PneumoniaMNIST .npz file or chest_xray folder",
+        default_help="the built-in synthetic set",
+        group=DATA,
+    )
+    image_size: int = setting(28, check=IMAGE_SIZE, help="image side in pixels", group=DATA)
+    model: str = setting("resnet18", check=one_of(MODELS), help="the ResNet", group=DATA)
+    seed: int = setting(
+        0,
+        check=NON_NEGATIVE_INT,
+        help="seed for the data, the initial weights and the shuffling",
+        group=DATA,
+    )
+    early_stopping_metric: str = setting(
+        "val_loss",
+        check=one_of(monitorable_metrics()),
+        help="metric that picks the best epoch and stops training",
+        metavar="METRIC",
+        group=STOPPING,
+    )
+    patience: int = setting(
+        3,
+        check=at_least(0, "0 never stops"),
+        help="epochs without improvement before stopping; 0 never stops",
+        group=STOPPING,
+    )
+    min_delta: float = setting(
+        0.0,
+        check=finite_at_least(0),
+        help="smallest change that counts as an improvement",
+        group=STOPPING,
+    )
+    mode: str | None = setting(
+        None,
+        check=one_of(MODES),
+        help="min: the metric should decrease; max: it should increase",
+        default_help="min for a loss, max otherwise",
+        group=STOPPING,
+    )
+    relay_url: str = setting(
+        DEFAULT_RELAY_URL,
+        check=WS_URL,
+        help='relay WebSocket address; "" for the log only',
+        group=OUTPUT,
+    )
+    relay_token: str | None = setting(
+        None,
+        repr=False,
+        help="publisher token, if the relay requires one",
+        default_help=f"${RELAY_TOKEN_ENV}",
+        group=OUTPUT,
+    )
+    log_path: str | None = setting(
+        None,
+        help="JSONL copy of every message",
+        default_help=f"runs/<run id>.jsonl, or ${LOG_DIR_ENV}/<run id>.jsonl",
+        group=OUTPUT,
+    )
+    save_path: str | None = setting(
+        None,
+        help="best weights, a torch state_dict",
+        default_help=f"runs/<run id>/best_model.pt, or under ${LOG_DIR_ENV}",
+        group=OUTPUT,
+    )
+    run_id: str | None = setting(None, cli=False, help="the run's id; None: a fresh one")
+    progress: bool = setting(  # a progress bar (stderr) and a summary line (stdout) per epoch
+        False,
+        cli_default=True,
+        flag="--no-progress",
+        help="hide the per-epoch progress bar and summary lines",
+        group=OUTPUT,
+    )
 
     def __post_init__(self) -> None:
-        if self.epochs < 1:
-            raise ValueError(f"epochs must be at least 1, got {self.epochs}")
-        if self.batch_size < 2:
-            raise ValueError(
-                "batch size must be at least 2 (BatchNorm needs two examples), "
-                f"got {self.batch_size}"
-            )
-        if self.seed < 0:
-            raise ValueError(f"seed must be an integer >= 0, got {self.seed}")
-        if not (math.isfinite(self.learning_rate) and self.learning_rate >= 0):
-            raise ValueError(
-                f"learning rate must be a finite number >= 0, got {self.learning_rate}"
-            )
-        if self.relay_url and not self.relay_url.startswith(("ws://", "wss://")):
-            raise ValueError(
-                f"relay URL must start with ws:// or wss:// (or be empty for the log only), "
-                f"got {self.relay_url!r}"
-            )
+        validate(self)
 
 
 @dataclass(frozen=True)
@@ -110,12 +174,11 @@ class CentralizedResult:
 class CentralizedTrainer:
     """Train one model on the training split and stream its progress under one run id.
 
-    Construction checks the configuration, loads the data and builds the model, so a bad
-    option fails before any message is sent; :meth:`run` trains and streams.
+    Construction loads the data and builds the model (the configuration checked itself), so
+    bad settings or data fail before any message is sent; :meth:`run` trains and streams.
 
     Raises:
-        ValueError: an option is out of range (including the early-stopping settings,
-            an unknown model, or data that does not have the expected layout).
+        ValueError: the data at ``data_path`` does not have the expected layout.
         FileNotFoundError: ``data_path`` does not exist.
     """
 

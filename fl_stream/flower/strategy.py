@@ -6,7 +6,8 @@ Message sequence of a run (all through one
 1. ``training_mode`` once the minimum number of nodes is connected;
 2. each round: ``round_metrics`` + ``client_metrics`` for phase ``train`` (from
    ``aggregate_train``), the same for phase ``evaluate`` (from ``aggregate_evaluate``), then
-   ``round_end`` after the round's last step (centralized evaluation when it is on);
+   ``round_end`` after the round's last step (centralized evaluation when it is on), its
+   ``eval_source`` saying whose evaluation its ``eval_metrics`` are (``server`` or ``clients``);
 3. ``training_end`` with the run id, status, best round and final metrics; if the run fails,
    ``error`` and a ``failed`` ``training_end``, then the exception propagates.
 
@@ -27,7 +28,13 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg, Result
 from flwr.serverapp.strategy.strategy_utils import sample_nodes
 
-from fl_stream.monitor.protocol import lower_is_better
+from fl_stream.monitor.protocol import (
+    COMPLETED,
+    EVAL_BY_CLIENTS,
+    EVAL_BY_SERVER,
+    FAILED,
+    lower_is_better,
+)
 from fl_stream.monitor.sender import MetricsWebSocketSender
 
 __all__ = ["EvaluateFn", "StreamingFedAvg", "aggregate_metrics"]
@@ -66,8 +73,8 @@ class StreamingFedAvg(FedAvg):
     Args:
         sender: where the messages go (the sender never blocks or raises).
         run_id: the Flower run id, reported in ``training_end``.
-        best_metric: the evaluation metric that picks the best round (``loss``: lowest,
-            any other: highest).
+        best_metric: the evaluation metric that picks the best round (lowest for a loss or
+            a duration, :func:`~fl_stream.monitor.protocol.lower_is_better`; else highest).
         **fedavg_args: passed to :class:`flwr.serverapp.strategy.FedAvg`.
     """
 
@@ -119,9 +126,9 @@ class StreamingFedAvg(FedAvg):
                 self._streaming_evaluate_fn(evaluate_fn) if evaluate_fn else None,
             )
         except BaseException as exc:  # KeyboardInterrupt too: the dashboard should know
-            self.sender.send_failure(self.run_id, exc, self._summary("failed"))
+            self.sender.send_failure(self.run_id, exc, self._summary(FAILED))
             raise
-        self.sender.send_training_end(self.run_id, self._summary("completed"))
+        self.sender.send_training_end(self.run_id, self._summary(COMPLETED))
         return result
 
     def aggregate_train(
@@ -171,9 +178,16 @@ class StreamingFedAvg(FedAvg):
 
     def _end_round(self, server_round: int, eval_metrics: dict[str, float]) -> None:
         self._eval_metrics[server_round] = eval_metrics
-        self.sender.send_round_end(
-            server_round, self._num_rounds, self._fit_metrics.get(server_round, {}), eval_metrics
-        )
+        # send_round_end() takes no eval_source: the generic send builds the same message
+        # with it (validated against the protocol all the same).
+        data = {
+            "round": server_round,
+            "total_rounds": self._num_rounds,
+            "fit_metrics": self._fit_metrics.get(server_round, {}),
+            "eval_metrics": eval_metrics,
+            "eval_source": EVAL_BY_SERVER if self._centralized else EVAL_BY_CLIENTS,
+        }
+        self.sender.send_metrics(data, "round_end")
         log(INFO, "Streamed round %s/%s", server_round, self._num_rounds)
 
     def _summary(self, status: str) -> dict[str, Any]:

@@ -1,49 +1,97 @@
-"""The fl-stream wire format: one envelope, its message types, builders and one validator.
+"""The fl-stream wire protocol: the one place that declares it.
 
 Every message is a JSON object ``{"type": str, "timestamp": ISO-8601 UTC, "data": object}``.
 A run adds ``run_id`` at the top level of every message it sends and ``msg_id`` (unique per
 sender) so the relay can drop resent duplicates; the relay adds ``seq`` (1, 2, 3, ... per run).
+Non-finite numbers travel as the strings ``"NaN"``, ``"Infinity"``, ``"-Infinity"``.
 
-The sender, the relay, the dashboard's expectations and the tests all use this module: nothing
-else declares message shapes.
+Declared here: every message type with its required and optional ``data`` fields
+(:data:`MESSAGE_TYPES`), the control types (:data:`CONTROL_TYPES`), run statuses and modes and
+how they are shown, the phases of an epoch and of a round and their display names, where a
+round's eval metrics come from, the original design's metric names and which metrics are
+better lower, the default run, the relay's default address and the token variable.
 
-Non-finite floats are not valid JSON. They are encoded as the strings ``"NaN"``,
-``"Infinity"`` and ``"-Infinity"``, which JavaScript's ``Number()`` and Python's ``float()``
-both turn back into the same values.
+The sender, the relay and the tests import this module; the dashboard gets the same facts from
+the relay, which serves :func:`describe` at ``/api/protocol``. The field checks the tables use
+live in :mod:`fl_stream.monitor.checks`, the JSON encoding in :mod:`fl_stream.monitor.encoding`.
 """
 
 from __future__ import annotations
 
 import json
-import math
-import numbers
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
+from .checks import (
+    NON_FINITE,
+    Fields,
+    MessageError,
+    check_envelope,
+    check_fields,
+    describe_fields,
+    is_bool,
+    is_count,
+    is_id,
+    is_int,
+    is_metrics,
+    is_number,
+    is_text,
+    list_of,
+    one_of,
+    optional,
+)
+from .encoding import EncodingError, encode_message, to_json_value
+
 __all__ = [
+    "CENTRALIZED",
+    "CLIENT_ENTRY",
+    "COMPLETED",
     "CONTROL_TYPES",
+    "DEFAULT_EVAL_SOURCE",
     "DEFAULT_RELAY_HOST",
     "DEFAULT_RELAY_PORT",
     "DEFAULT_RELAY_URL",
+    "DEFAULT_ROUND_PHASE",
+    "DEFAULT_RUN",
+    "DURATION_SUFFIXES",
+    "EARLY_STOPPED",
+    "EPOCH_PHASES",
+    "EVAL_BY_CLIENTS",
+    "EVAL_BY_SERVER",
+    "EVAL_SOURCES",
+    "FAILED",
+    "FEDERATED",
+    "FRACTION_METRICS",
+    "LOSS_SUFFIXES",
     "MESSAGE_TYPES",
     "METRIC_NAMES",
     "NON_FINITE",
     "RELAY_TOKEN_ENV",
+    "ROUND_PHASES",
+    "RUNNING",
+    "RUN_STATUSES",
+    "STATUS_LABELS",
     "EncodingError",
+    "Message",
     "MessageError",
     "decode_message",
+    "describe",
     "encode_message",
+    "is_duration",
     "lower_is_better",
     "make_message",
     "relay_token",
+    "run_status",
     "to_json_value",
     "utc_timestamp",
     "validate_message",
 ]
 
 Message = dict[str, Any]
+
+# --------------------------------------------------------------------------- the relay
 
 # Where the relay listens unless told otherwise: loopback only, so a default start never
 # exposes the relay (and its publish endpoint) to the network.
@@ -52,6 +100,8 @@ DEFAULT_RELAY_PORT = 8765
 DEFAULT_RELAY_URL = f"ws://{DEFAULT_RELAY_HOST}:{DEFAULT_RELAY_PORT}"
 # One variable holds the publisher token for the relay and for every publisher.
 RELAY_TOKEN_ENV = "FL_STREAM_RELAY_TOKEN"
+# Messages that carry no run_id belong to this run.
+DEFAULT_RUN = "default"
 
 
 def relay_token(explicit: str | None = None) -> str | None:
@@ -63,27 +113,161 @@ def relay_token(explicit: str | None = None) -> str | None:
     return explicit or os.environ.get(RELAY_TOKEN_ENV) or None
 
 
-NON_FINITE = {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}
+# --------------------------------------------------------------------------- metrics
 
 # The original design's metrics, in the order dashboards show them.
 METRIC_NAMES = ("loss", "accuracy", "precision", "recall", "f1", "auroc")
+# Those that are fractions in [0, 1].
+FRACTION_METRICS = ("accuracy", "precision", "recall", "f1", "auroc")
+# How the names of lower-is-better metrics end (any case): losses (loss, val_loss, ...) and
+# durations (train-time, fit_duration, epoch_seconds, ...).
+LOSS_SUFFIXES = ("loss",)
+DURATION_SUFFIXES = ("time", "duration", "seconds")
+
+
+def is_duration(metric: str) -> bool:
+    """Whether ``metric`` is a duration (``train-time``, ``fit_duration``, ...)."""
+    return metric.lower().endswith(DURATION_SUFFIXES)
 
 
 def lower_is_better(metric: str) -> bool:
-    """Whether smaller values of ``metric`` are better: a loss (``loss``, ``val_loss``, ...)."""
-    return metric.endswith("loss")
+    """Whether smaller values of ``metric`` are better: a loss or a duration."""
+    return metric.lower().endswith(LOSS_SUFFIXES + DURATION_SUFFIXES)
 
 
-# The statuses a finished run may report in ``training_end``.
-RUN_STATUSES = ("completed", "early_stopped", "failed")
+# --------------------------------------------------------------------------- runs
+
+# A run's status: running until its training_end (or error) arrives, then what that says.
+RUNNING = "running"
+COMPLETED = "completed"
+EARLY_STOPPED = "early_stopped"
+FAILED = "failed"
+# The statuses a finished run may report in training_end.
+RUN_STATUSES = (COMPLETED, EARLY_STOPPED, FAILED)
+# How dashboards show them.
+STATUS_LABELS = {
+    RUNNING: "running",
+    COMPLETED: "completed",
+    EARLY_STOPPED: "early-stopped",
+    FAILED: "failed",
+}
+# A run's mode, from its training_mode's is_federated.
+FEDERATED = "federated"
+CENTRALIZED = "centralized"
 
 
-class MessageError(ValueError):
-    """A message does not follow the wire format; the text names the offending field."""
+def run_status(end: Message | None) -> str:
+    """A run's status from its last ``training_end`` or ``error`` message (None: none yet)."""
+    if end is None:
+        return RUNNING
+    if end["type"] == "error":
+        return FAILED
+    return end["data"]["status"]
 
 
-class EncodingError(MessageError):
-    """A value cannot be encoded as JSON; the text names the field that holds it."""
+# The phases of a centralized epoch (epoch_end) -> the name of their line on a chart.
+EPOCH_PHASES = {"train": "train", "val": "val"}
+# The phases of a federated round (round_metrics, client_metrics) -> their display names.
+ROUND_PHASES = {"train": "fit", "evaluate": "eval"}
+# round_metrics without a phase (the original format) are the clients' evaluation averages.
+DEFAULT_ROUND_PHASE = "evaluate"
+# Who computed a round_end's eval_metrics (its eval_source) -> the name of their line: the
+# clients' federated evaluation, or the server's own (centralized) evaluation of the
+# global model. Without eval_source (the original format) they are the clients'.
+EVAL_BY_CLIENTS = "clients"
+EVAL_BY_SERVER = "server"
+EVAL_SOURCES = {EVAL_BY_CLIENTS: ROUND_PHASES["evaluate"], EVAL_BY_SERVER: "central eval"}
+DEFAULT_EVAL_SOURCE = EVAL_BY_CLIENTS
+
+# --------------------------------------------------------------------------- messages
+
+# One client's entry in client_metrics.
+CLIENT_ENTRY: Fields = (
+    {"client_id": is_text, "num_examples": is_count, "metrics": is_metrics},
+    {
+        "node_id": is_text,  # the Flower node; a string: 64-bit ids lose precision in JS
+        "error": is_text,  # why its reply failed (then num_examples is 0, metrics empty)
+    },
+)
+
+_EPOCH_PHASE = one_of(*EPOCH_PHASES)
+_ROUND_PHASE = one_of(*ROUND_PHASES)
+
+# type -> (required fields, optional fields); each field maps to its check.
+MESSAGE_TYPES: dict[str, Fields] = {
+    "training_mode": (
+        {"is_federated": is_bool, "num_rounds": is_count, "num_clients": is_count},
+        {"num_epochs": is_count},  # a centralized run's planned epochs (num_rounds is 0)
+    ),
+    "epoch_end": (
+        {"epoch": is_count, "phase": _EPOCH_PHASE, "metrics": is_metrics},
+        {},
+    ),
+    "round_metrics": (
+        {"round": is_count, "total_rounds": is_count, "metrics": is_metrics},
+        {"phase": _ROUND_PHASE, "num_clients": is_count},
+    ),
+    "round_end": (
+        {
+            "round": is_count,
+            "total_rounds": is_count,
+            "fit_metrics": is_metrics,
+            "eval_metrics": is_metrics,
+        },
+        {"eval_source": one_of(*EVAL_SOURCES)},
+    ),
+    "client_metrics": (
+        {
+            "round": is_count,
+            "total_rounds": is_count,
+            "phase": _ROUND_PHASE,
+            "clients": list_of("client", CLIENT_ENTRY),
+        },
+        {},
+    ),
+    "training_end": (
+        # run_id: an integer in the original design's example, a string from our producers
+        {"run_id": is_id, "status": one_of(*RUN_STATUSES), "final_metrics": is_metrics},
+        {
+            "best_epoch": optional(is_int),
+            "best_round": optional(is_int),
+            "best_metric": is_text,  # the metric that picked the best round or epoch
+        },
+    ),
+    "early_stopping": (
+        {
+            "epoch": is_count,
+            "best_metric_value": is_number,
+            "metric_name": is_text,
+            "patience": is_count,
+            "reason": is_text,
+        },
+        {},
+    ),
+    "error": ({"error": is_text, "error_type": is_text}, {}),
+}
+
+# Control messages between the relay and its clients; never stored or broadcast. Clients
+# send subscribe, unsubscribe and ping; the relay answers ack (one per accepted message),
+# rejected (a refused message, and why), replay_end (stored messages sent; live ones
+# follow) and pong.
+CONTROL_TYPES: dict[str, Fields] = {
+    "subscribe": ({}, {"run_id": optional(is_text), "since": optional(is_int)}),
+    "unsubscribe": ({}, {"run_id": optional(is_text)}),
+    "ping": ({}, {}),
+    "ack": ({"run_id": is_text, "seq": is_count}, {"msg_id": optional(is_text)}),
+    "rejected": ({"reason": is_text}, {"msg_id": optional(is_text)}),
+    "replay_end": ({}, {"run_id": optional(is_text), "last_seq": optional(is_int)}),
+    "pong": ({}, {}),
+}
+
+# The envelope: type, timestamp and data, and optional top-level fields.
+_ENVELOPE_REQUIRED = {
+    "type": "a non-empty string",
+    "timestamp": "an ISO-8601 string",
+    "data": "an object",
+}
+_ENVELOPE_OPTIONAL = {"run_id": is_text, "msg_id": is_text, "seq": is_count}
 
 
 def utc_timestamp() -> str:
@@ -91,115 +275,23 @@ def utc_timestamp() -> str:
     return datetime.now(UTC).isoformat()
 
 
-# --------------------------------------------------------------------------- encoding
+def validate_message(message: Any) -> Message:
+    """Check that ``message`` follows the wire format and return it unchanged.
 
-
-def to_json_value(value: Any, field: str = "data") -> Any:
-    """Return ``value`` as plain JSON-ready Python (dict, list, str, int, float, bool, None).
-
-    Accepts numpy scalars, 0-d numpy arrays and one-element torch tensors (anything with
-    ``.item()`` and a single element); non-finite floats become ``"NaN"``, ``"Infinity"``
-    or ``"-Infinity"``.
+    Known types (the design's seven, ``client_metrics`` and the control types) must carry
+    their required ``data`` fields with the right types, and their optional ones, when
+    present, too. Any other type with a valid envelope is accepted as a custom message, its
+    ``data`` unchecked.
 
     Raises:
-        EncodingError: ``value`` (or something inside it) cannot be encoded; the message
-            names its path, e.g. ``data.metrics.loss``.
+        MessageError: the first problem found, naming the field, e.g.
+            ``data.metrics: expected an object of metric name -> number, ...``.
     """
-    try:
-        return _plain(value)
-    except _Unencodable as exc:
-        raise EncodingError(f"{field}{exc.path}: {exc.problem}") from None
-
-
-class _Unencodable(Exception):
-    """Raised by :func:`_plain`; each container adds its key to ``path`` on the way up.
-
-    Building the path only on failure keeps the common case cheap: this runs on the
-    training thread for every message.
-    """
-
-    def __init__(self, problem: str) -> None:
-        super().__init__(problem)
-        self.problem = problem
-        self.path = ""
-
-
-def _plain(value: Any) -> Any:
-    kind = type(value)
-    # Exact-type checks first: metrics are mostly plain floats.
-    if kind is float:
-        return value if math.isfinite(value) else _non_finite_name(value)
-    if kind is str or kind is int or kind is bool or value is None:
-        return value
-    if isinstance(value, Mapping):
-        out = {}
-        for key, item in value.items():
-            if not isinstance(key, str):
-                raise _Unencodable(f"keys must be strings, got {type(key).__name__} {key!r}")
-            try:
-                out[key] = _plain(item)
-            except _Unencodable as exc:
-                exc.path = f".{key}{exc.path}"
-                raise
-        return out
-    if isinstance(value, (list, tuple)):
-        items = []
-        for i, item in enumerate(value):
-            try:
-                items.append(_plain(item))
-            except _Unencodable as exc:
-                exc.path = f"[{i}]{exc.path}"
-                raise
-        return items
-    # Subclasses of the plain types: numpy.float64, IntEnum, (str, Enum) members.
-    if isinstance(value, float):
-        return _plain(float(value))
-    if isinstance(value, int):
-        return int(value)
-    if isinstance(value, str):
-        return str.__str__(value)
-    item = getattr(value, "item", None)
-    if callable(item):
-        count = _element_count(value)
-        if count == 1:
-            return _plain(_as_python_scalar(item()))
-        raise _Unencodable(
-            f"cannot encode {kind.__name__} with {count} elements as one value; "
-            "pass a scalar (e.g. tensor.item()) or a list (e.g. array.tolist())"
-        )
-    if isinstance(value, numbers.Real):
-        return _plain(float(value))
-    raise _Unencodable(
-        f"cannot encode {kind.__name__} as JSON; "
-        "pass a number, string, bool, list, dict, numpy scalar or one-element tensor"
-    )
-
-
-def _non_finite_name(value: float) -> str:
-    if math.isnan(value):
-        return "NaN"
-    return "Infinity" if value > 0 else "-Infinity"
-
-
-def _element_count(value: Any) -> int:
-    size = getattr(value, "size", None)
-    if callable(size):  # torch.Tensor.size() is a method; numel() is the count
-        return int(value.numel())
-    return int(size) if size is not None else 1
-
-
-def _as_python_scalar(item: Any) -> Any:
-    if isinstance(item, (bool, int, float, str)):
-        return item
-    raise _Unencodable(f"cannot encode {type(item).__name__} as JSON")
-
-
-_ENCODER = json.JSONEncoder(separators=(",", ":"), allow_nan=False)
-
-
-def encode_message(message: Message) -> str:
-    """Encode a message (already made of JSON-ready values) as compact JSON text."""
-    return _ENCODER.encode(message)
+    check_envelope(message, _ENVELOPE_OPTIONAL)
+    spec = MESSAGE_TYPES.get(message["type"]) or CONTROL_TYPES.get(message["type"])
+    if spec is not None:
+        check_fields(message["data"], *spec)
+    return message
 
 
 def decode_message(text: str | bytes) -> Message:
@@ -213,255 +305,6 @@ def decode_message(text: str | bytes) -> Message:
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise MessageError(f"not valid JSON: {exc}") from None
     return validate_message(message)
-
-
-# --------------------------------------------------------------------------- validation
-
-Check = Callable[[Any], bool]
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_count(value: Any) -> bool:
-    return _is_int(value) and value >= 0
-
-
-def _is_number(value: Any) -> bool:
-    if isinstance(value, float):
-        return math.isfinite(value)
-    if isinstance(value, int):  # never infinite, however large (math.isfinite would overflow)
-        return not isinstance(value, bool)
-    return isinstance(value, str) and value in NON_FINITE
-
-
-def _is_metric_value(value: Any) -> bool:
-    return value is None or _is_number(value)
-
-
-def _is_metrics(value: Any) -> bool:
-    if not isinstance(value, dict):
-        return False
-    for key, item in value.items():  # a plain loop: cheaper than all() over a generator
-        if not (isinstance(key, str) and (item is None or _is_number(item))):
-            return False
-    return True
-
-
-def _is_text(value: Any) -> bool:
-    return isinstance(value, str)
-
-
-def _is_bool(value: Any) -> bool:
-    return isinstance(value, bool)
-
-
-def _one_of(*allowed: str) -> Check:
-    def check(value: Any) -> bool:
-        return value in allowed
-
-    check.__doc__ = "one of " + ", ".join(repr(a) for a in allowed)
-    return check
-
-
-_CLIENT_FIELDS: dict[str, Check] = {
-    "client_id": _is_text,
-    "num_examples": _is_count,
-    "metrics": _is_metrics,
-}
-
-
-def _is_client_list(value: Any) -> bool:
-    return isinstance(value, list) and all(
-        isinstance(c, dict) and all(check(c.get(k)) for k, check in _CLIENT_FIELDS.items())
-        for c in value
-    )
-
-
-def _is_optional_int(value: Any) -> bool:
-    return value is None or _is_int(value)
-
-
-def _is_optional_text(value: Any) -> bool:
-    return value is None or _is_text(value)
-
-
-_DESCRIPTIONS: dict[Check, str] = {
-    _is_int: "an integer",
-    _is_count: "an integer >= 0",
-    _is_number: 'a finite number or "NaN"/"Infinity"/"-Infinity"',
-    _is_metrics: 'an object of metric name -> number, "NaN"/"Infinity"/"-Infinity" or null',
-    _is_metric_value: 'a number, "NaN"/"Infinity"/"-Infinity" or null',
-    _is_text: "a string",
-    _is_bool: "true or false",
-    _is_client_list: "a list of {client_id: str, num_examples: int >= 0, metrics: {...}}",
-    _is_optional_int: "an integer or null",
-    _is_optional_text: "a string or null",
-}
-
-_PHASES = _one_of("train", "val")
-_ROUND_PHASES = _one_of("train", "evaluate")
-_STATUSES = _one_of(*RUN_STATUSES)
-
-# type -> (required fields, optional fields); each field maps to its check.
-MESSAGE_TYPES: dict[str, tuple[dict[str, Check], dict[str, Check]]] = {
-    "training_mode": (
-        {"is_federated": _is_bool, "num_rounds": _is_count, "num_clients": _is_count},
-        {"num_epochs": _is_count},  # a centralized run's planned epochs (num_rounds is 0)
-    ),
-    "epoch_end": (
-        {"epoch": _is_count, "phase": _PHASES, "metrics": _is_metrics},
-        {},
-    ),
-    "round_metrics": (
-        {"round": _is_count, "total_rounds": _is_count, "metrics": _is_metrics},
-        {"phase": _ROUND_PHASES, "num_clients": _is_count},
-    ),
-    "round_end": (
-        {
-            "round": _is_count,
-            "total_rounds": _is_count,
-            "fit_metrics": _is_metrics,
-            "eval_metrics": _is_metrics,
-        },
-        {},
-    ),
-    "client_metrics": (
-        {
-            "round": _is_count,
-            "total_rounds": _is_count,
-            "phase": _ROUND_PHASES,
-            "clients": _is_client_list,
-        },
-        {},
-    ),
-    "training_end": (
-        {"run_id": _is_text, "status": _STATUSES, "final_metrics": _is_metrics},
-        {"best_epoch": _is_optional_int, "best_round": _is_optional_int},
-    ),
-    "early_stopping": (
-        {
-            "epoch": _is_count,
-            "best_metric_value": _is_number,
-            "metric_name": _is_text,
-            "patience": _is_count,
-            "reason": _is_text,
-        },
-        {},
-    ),
-    "error": ({"error": _is_text, "error_type": _is_text}, {}),
-}
-
-# Control messages between the relay and its clients; never stored or broadcast.
-#   client -> relay: subscribe {run_id: str | null, since: int | null}
-#                    unsubscribe {run_id: str | null}
-#                    ping {}
-#   relay -> client: ack {run_id, seq, msg_id}      (one per accepted message)
-#                    rejected {reason, msg_id}      (a refused message, and why)
-#                    replay_end {run_id, last_seq}  (stored messages sent; live ones follow)
-#                    pong {}
-CONTROL_TYPES: dict[str, tuple[dict[str, Check], dict[str, Check]]] = {
-    "subscribe": ({}, {"run_id": _is_optional_text, "since": _is_optional_int}),
-    "unsubscribe": ({}, {"run_id": _is_optional_text}),
-    "ping": ({}, {}),
-    "ack": ({"run_id": _is_text, "seq": _is_count}, {"msg_id": _is_optional_text}),
-    "rejected": ({"reason": _is_text}, {"msg_id": _is_optional_text}),
-    "replay_end": ({}, {"run_id": _is_optional_text, "last_seq": _is_optional_int}),
-    "pong": ({}, {}),
-}
-
-_ENVELOPE_OPTIONAL: dict[str, Check] = {
-    "run_id": _is_text,
-    "msg_id": _is_text,
-    "seq": _is_count,
-}
-
-
-def validate_message(message: Any) -> Message:
-    """Check that ``message`` follows the wire format and return it unchanged.
-
-    Known types (the design's seven, ``client_metrics`` and the control types) must carry
-    their required ``data`` fields with the right types. Any other type with a valid
-    envelope is accepted as a custom message, its ``data`` unchecked.
-
-    Raises:
-        MessageError: the first problem found, naming the field, e.g.
-            ``data.metrics: expected an object of metric name -> number, ...``.
-    """
-    if not isinstance(message, dict):
-        raise MessageError(f"message: expected a JSON object, got {_json_kind(message)}")
-    for field in ("type", "timestamp", "data"):
-        if field not in message:
-            raise MessageError(f"{field}: missing; every message needs type, timestamp, data")
-    if not isinstance(message["type"], str) or not message["type"]:
-        raise MessageError("type: expected a non-empty string")
-    _check_timestamp(message["timestamp"])
-    if not isinstance(message["data"], dict):
-        raise MessageError(f"data: expected a JSON object, got {_json_kind(message['data'])}")
-    for field, check in _ENVELOPE_OPTIONAL.items():
-        if field in message and not check(message[field]):
-            raise MessageError(f"{field}: expected {_describe(check)}")
-    spec = MESSAGE_TYPES.get(message["type"]) or CONTROL_TYPES.get(message["type"])
-    if spec is not None:
-        _check_fields(message["data"], *spec)
-    return message
-
-
-def _check_timestamp(value: Any) -> None:
-    if not isinstance(value, str):
-        raise MessageError("timestamp: expected an ISO-8601 string")
-    try:
-        datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        raise MessageError(f"timestamp: {value[:40]!r} is not ISO-8601") from None
-
-
-def _check_fields(data: dict, required: dict[str, Check], optional: dict[str, Check]) -> None:
-    for field, check in required.items():
-        if field not in data:
-            raise MessageError(f"data.{field}: missing")
-        if not check(data[field]):
-            raise _mismatch(f"data.{field}", check, data[field])
-    for field, check in optional.items():
-        if field in data and not check(data[field]):
-            raise _mismatch(f"data.{field}", check, data[field])
-
-
-def _mismatch(path: str, check: Check, value: Any) -> MessageError:
-    """Describe a failed check at the innermost offending field, e.g. ``data.metrics.loss``."""
-    if check is _is_metrics and isinstance(value, dict):
-        for key, item in value.items():
-            if not _is_metric_value(item):
-                return _mismatch(f"{path}.{key}", _is_metric_value, item)
-    if check is _is_client_list and isinstance(value, list):
-        for i, client in enumerate(value):
-            if not isinstance(client, dict):
-                return MessageError(f"{path}[{i}]: expected an object, got {_shown(client)}")
-            for key, field_check in _CLIENT_FIELDS.items():
-                if not field_check(client.get(key)):
-                    return _mismatch(f"{path}[{i}].{key}", field_check, client.get(key))
-    return MessageError(f"{path}: expected {_describe(check)}, got {_shown(value)}")
-
-
-def _describe(check: Check) -> str:
-    return _DESCRIPTIONS.get(check) or check.__doc__ or check.__name__
-
-
-def _shown(value: Any) -> str:
-    if isinstance(value, (dict, list)):
-        return _json_kind(value)
-    return repr(value)[:60]
-
-
-def _json_kind(value: Any) -> str:
-    kinds = {dict: "an object", list: "an array", str: "a string", bool: "a boolean"}
-    if value is None:
-        return "null"
-    return kinds.get(type(value), "a number")
-
-
-# --------------------------------------------------------------------------- building
 
 
 def make_message(
@@ -488,3 +331,45 @@ def make_message(
     if msg_id is not None:
         message["msg_id"] = msg_id
     return validate_message(message)
+
+
+# --------------------------------------------------------------------------- the document
+
+
+def describe() -> dict[str, Any]:
+    """The protocol as one JSON-ready document; the relay serves it at ``/api/protocol``.
+
+    Dashboards take every constant they need from it (metric names, statuses and their
+    labels, phase and series names, the default run, ...) instead of declaring their own.
+    """
+    return {
+        "envelope": {
+            "required": dict(_ENVELOPE_REQUIRED),
+            "optional": describe_fields(({}, _ENVELOPE_OPTIONAL))["optional"],
+        },
+        "message_types": {name: describe_fields(spec) for name, spec in MESSAGE_TYPES.items()},
+        "control_types": {name: describe_fields(spec) for name, spec in CONTROL_TYPES.items()},
+        "client_entry": describe_fields(CLIENT_ENTRY),
+        "non_finite": list(NON_FINITE),
+        "metric_names": list(METRIC_NAMES),
+        "fraction_metrics": list(FRACTION_METRICS),
+        "loss_suffixes": list(LOSS_SUFFIXES),
+        "duration_suffixes": list(DURATION_SUFFIXES),
+        "statuses": {
+            "running": RUNNING,
+            "completed": COMPLETED,
+            "early_stopped": EARLY_STOPPED,
+            "failed": FAILED,
+        },
+        "run_statuses": list(RUN_STATUSES),
+        "status_labels": dict(STATUS_LABELS),
+        "modes": {"federated": FEDERATED, "centralized": CENTRALIZED},
+        "epoch_phases": dict(EPOCH_PHASES),
+        "round_phases": dict(ROUND_PHASES),
+        "default_round_phase": DEFAULT_ROUND_PHASE,
+        "eval_sources": dict(EVAL_SOURCES),
+        "default_eval_source": DEFAULT_EVAL_SOURCE,
+        "default_run": DEFAULT_RUN,
+        "default_relay_url": DEFAULT_RELAY_URL,
+        "relay_token_env": RELAY_TOKEN_ENV,
+    }

@@ -4,18 +4,27 @@
 // renderer batches them); a chart is redrawn whole (Plotly.react) only when a line appears
 // or an existing point changes.
 
-import { METRICS } from "./run.js";
+import {
+  EPOCH_PHASES,
+  EVAL_SOURCES,
+  FRACTION_METRICS,
+  METRICS,
+  ROUND_PHASES,
+} from "./protocol.js";
 
 /* global Plotly */
 
+export const TRAIN_COLOR = "#2563eb";
+export const EVAL_COLOR = "#ea580c";
+// Line colours by series name (the protocol's): training blue, evaluation orange, the
+// server's own evaluation green.
 export const SERIES_COLORS = {
-  fit: "#2563eb",
-  train: "#2563eb",
-  eval: "#ea580c",
-  val: "#ea580c",
-  "central eval": "#16a34a",
+  [ROUND_PHASES.train]: TRAIN_COLOR,
+  [EPOCH_PHASES.train]: TRAIN_COLOR,
+  [ROUND_PHASES.evaluate]: EVAL_COLOR,
+  [EPOCH_PHASES.val]: EVAL_COLOR,
+  [EVAL_SOURCES.server]: "#16a34a",
 };
-const BOUNDED = new Set(["accuracy", "precision", "recall", "f1", "auroc"]);
 // Past this many points on a line, markers only clutter it (and cost SVG nodes).
 const MARKER_LIMIT = 60;
 export const PLOT_CONFIG = {
@@ -121,7 +130,9 @@ export class MetricCharts {
       title: { text: metric, x: 0.02, font: { size: 14 } },
       uirevision: model.runId, // keep the user's zoom while points arrive
       xaxis: { title: { text: model.stepUnit }, dtick: this.#dticks.get(metric), zeroline: false },
-      yaxis: BOUNDED.has(metric) ? { range: [0, 1.02], zeroline: false } : { zeroline: false },
+      yaxis: FRACTION_METRICS.has(metric)
+        ? { range: [0, 1.02], zeroline: false }
+        : { zeroline: false },
       annotations: traces.length ? [] : [emptyNote("waiting for data")],
     });
     Plotly.react(this.#plots.get(metric), traces, layout, PLOT_CONFIG);

@@ -2,16 +2,18 @@
 // clients took part in each round, and a table of the latest round that flags stragglers
 // (slow training) and outliers (a metric far from the other clients').
 
-import { METRICS, naturalCompare, plottable, toNumber } from "./run.js";
-import { PLOT_CONFIG, baseLayout } from "./charts.js";
+import { naturalCompare, plottable, toNumber } from "./run.js";
+import { EVAL_COLOR, PLOT_CONFIG, TRAIN_COLOR, baseLayout } from "./charts.js";
 import { formatNumber } from "./format.js";
+import { METRICS, isDuration, lowerIsBetter, roundPhaseLabel } from "./protocol.js";
 
 /* global Plotly */
 
-const PHASE_LABELS = { train: "fit", evaluate: "eval" };
-const PREFERRED = ["evaluate|accuracy", "evaluate|loss", "train|loss"];
-const isTime = (name) => /time|duration|seconds/i.test(name);
-const lowerIsBetter = (name) => name === "loss" || isTime(name);
+// The heatmap shows, until the user picks another: the clients' eval score (the first
+// higher-is-better metric: accuracy), else their eval loss, else their fit loss.
+const [SCORE] = METRICS.filter((name) => !lowerIsBetter(name));
+const [LOSS] = METRICS.filter(lowerIsBetter);
+const PREFERRED = [`evaluate|${SCORE}`, `evaluate|${LOSS}`, `train|${LOSS}`];
 
 export class ClientView {
   #choice = null; // "phase|metric" shown in the heatmap and flagged in the table
@@ -69,7 +71,7 @@ export class ClientView {
       this.picker.replaceChildren(
         ...choices.map((choice) => {
           const [phase, name] = choice.split("|");
-          return new Option(`${PHASE_LABELS[phase] ?? phase} · ${name}`, choice);
+          return new Option(`${roundPhaseLabel(phase)} · ${name}`, choice);
         }),
       );
     }
@@ -102,7 +104,7 @@ export class ClientView {
       [trace],
       baseLayout({
         title: {
-          text: `${PHASE_LABELS[phase] ?? phase} ${metric} per client`,
+          text: `${roundPhaseLabel(phase)} ${metric} per client`,
           x: 0.02,
           font: { size: 14 },
         },
@@ -125,10 +127,10 @@ export class ClientView {
       const rounds = [...perRound.keys()].sort((a, b) => a - b);
       return {
         type: "bar",
-        name: PHASE_LABELS[phase] ?? phase,
+        name: roundPhaseLabel(phase),
         x: rounds,
         y: rounds.map((round) => perRound.get(round)),
-        marker: { color: phase === "train" ? "#2563eb" : "#ea580c" },
+        marker: { color: phase === "train" ? TRAIN_COLOR : EVAL_COLOR },
         hovertemplate: "%{y} clients",
       };
     });
@@ -152,7 +154,7 @@ export class ClientView {
     const rounds = clients.rounds(phase);
     const round = rounds[rounds.length - 1];
     // Training time comes from the fit phase whichever phase is shown: stragglers stay visible.
-    const timeNames = [...(clients.metricNames.get("train") ?? [])].filter(isTime).sort();
+    const timeNames = [...(clients.metricNames.get("train") ?? [])].filter(isDuration).sort();
     const names = [...(clients.metricNames.get(phase) ?? [])]
       .filter((name) => !timeNames.includes(name))
       .sort(byMetricOrder);
@@ -185,10 +187,10 @@ export class ClientView {
         notes.join("; "),
       ];
       const failed = !row.entry || row.entry.error;
-      return { cells, flag: failed ? "failed" : notes.length ? "flagged" : "" };
+      return { cells, flag: failed ? "no-reply" : notes.length ? "flagged" : "" };
     });
 
-    this.caption.textContent = `${PHASE_LABELS[phase] ?? phase}, round ${round}`;
+    this.caption.textContent = `${roundPhaseLabel(phase)}, round ${round}`;
     const thead = document.createElement("thead");
     thead.append(tableRow("th", ["client", "examples", ...timeNames, ...names, "note"]));
     const tbody = document.createElement("tbody");

@@ -16,9 +16,8 @@ import { RunModel } from "./run.js";
 import { MetricCharts } from "./charts.js";
 import { ClientView } from "./clients.js";
 import { download, fileStem, runToCsv, runToJson } from "./export.js";
+import { DEFAULT_RUN } from "./protocol.js";
 import * as view from "./view.js";
-
-const DEFAULT_RUN = "default"; // the relay's run for messages without run_id
 
 class Dashboard {
   #model = null; // the shown run

@@ -1,7 +1,7 @@
 // Downloads of the run the page holds: JSON (the messages as received) and CSV (one row per
 // metrics record), built in the browser so they work offline and match what is drawn.
 
-import { METRICS } from "./run.js";
+import { METRICS, ROUND_PHASES } from "./protocol.js";
 
 const FIXED_COLUMNS = [
   "seq",
@@ -75,8 +75,8 @@ function recordsOf(message) {
       return [record({ round: data.round, phase: data.phase }, data.metrics)];
     case "round_end":
       return [
-        record({ round: data.round, phase: "fit" }, data.fit_metrics),
-        record({ round: data.round, phase: "eval" }, data.eval_metrics),
+        record({ round: data.round, phase: ROUND_PHASES.train }, data.fit_metrics),
+        record({ round: data.round, phase: ROUND_PHASES.evaluate }, data.eval_metrics),
       ];
     case "client_metrics":
       return (data.clients ?? []).map((client) =>

@@ -3,16 +3,33 @@
 // The model only records; it never touches the page. Each change is also queued in
 // `changes`, which the renderer drains once per animation frame (see `takeChanges`).
 
-export const METRICS = ["loss", "accuracy", "precision", "recall", "f1", "auroc"];
+import {
+  DEFAULT_EVAL_SOURCE,
+  DEFAULT_ROUND_PHASE,
+  EPOCH_PHASES,
+  EVAL_SOURCES,
+  FINAL_STATUSES,
+  METRICS,
+  MODE,
+  ROUND_PHASES,
+  STATUS,
+} from "./protocol.js";
 
-// Series names on the metric charts: federated rounds plot fit/eval, centralized epochs
-// plot train/val. round_metrics phases ("train"/"evaluate") map onto fit/eval. A round_end
-// whose eval_metrics differ from the clients' evaluate average carries the server's own
-// (centralized) evaluation of the global model: it gets a line of its own.
-const ROUND_SERIES = { train: "fit", evaluate: "eval" };
-const CENTRAL_EVAL = "central eval";
-const SERIES_ORDER = ["fit", "train", "eval", "val", CENTRAL_EVAL];
-const FINISHED = new Set(["completed", "early_stopped", "failed"]);
+// Series names on the metric charts come from the protocol: federated rounds plot fit/eval
+// (round_metrics phases train/evaluate), centralized epochs plot train/val. A round_end's
+// eval_metrics are drawn on the line of their eval_source: the clients' evaluation on the
+// clients' eval line, the server's own (centralized) evaluation of the global model on a
+// line of its own.
+const SERIES_ORDER = [
+  ...new Set([
+    ROUND_PHASES.train,
+    EPOCH_PHASES.train,
+    ...Object.values(ROUND_PHASES),
+    ...Object.values(EPOCH_PHASES),
+    ...Object.values(EVAL_SOURCES),
+  ]),
+]; // fit/train first, then the evaluation lines
+const WAITING = "waiting"; // the page's own state: no message of the run yet
 
 /** A wire value as a number: "NaN"/"Infinity"/"-Infinity" via Number(); null stays null. */
 export function toNumber(value) {
@@ -52,14 +69,6 @@ class Series {
       this.ys.splice(at, 0, y);
     }
     return "rewrite";
-  }
-
-  /** The y at x, or undefined when x has no point. */
-  at(x) {
-    for (let i = this.xs.length - 1; i >= 0 && this.xs[i] >= x; i -= 1) {
-      if (this.xs[i] === x) return this.ys[i];
-    }
-    return undefined;
   }
 }
 
@@ -136,11 +145,11 @@ export class RunModel {
     this.runId = runId;
     this.messages = []; // every message applied, in seq order (what the downloads hold)
     this.lastSeq = 0;
-    this.mode = null; // "federated" | "centralized", from training_mode or inferred
+    this.mode = null; // MODE.federated | MODE.centralized, from training_mode or inferred
     this.totalSteps = null; // rounds or epochs planned, when the run said so
     this.numClients = null;
     this.step = null; // latest round or epoch seen
-    this.status = "waiting";
+    this.status = WAITING;
     this.startTime = null; // Date of the first message
     this.lastTime = null; // Date of the latest message
     this.stepTime = null; // Date the latest round or epoch was reported
@@ -153,11 +162,11 @@ export class RunModel {
   }
 
   get isFinished() {
-    return FINISHED.has(this.status);
+    return FINAL_STATUSES.has(this.status);
   }
 
   get stepUnit() {
-    return this.mode === "centralized" ? "epoch" : "round";
+    return this.mode === MODE.centralized ? "epoch" : "round";
   }
 
   /** The changes since the last call, for the renderer; resets them. */
@@ -175,7 +184,7 @@ export class RunModel {
     this.#noteTime(message.timestamp);
     switch (message.type) {
       case "training_mode":
-        this.mode = data.is_federated ? "federated" : "centralized";
+        this.mode = data.is_federated ? MODE.federated : MODE.centralized;
         // A centralized run states its planned epochs in num_epochs (num_rounds 0); a client
         // of the original format may have put them in num_rounds. 0 or absent: unknown.
         this.totalSteps = positiveOrNull(
@@ -185,43 +194,44 @@ export class RunModel {
         this.#markRunning();
         break;
       case "epoch_end":
-        this.#progress("centralized", data.epoch, null, message.timestamp);
-        this.#addMetrics(data.epoch, data.phase, data.metrics);
+        this.#progress(MODE.centralized, data.epoch, null, message.timestamp);
+        this.#addMetrics(data.epoch, EPOCH_PHASES[data.phase] ?? data.phase, data.metrics);
         break;
-      case "round_metrics":
-        this.#progress("federated", data.round, data.total_rounds, message.timestamp);
+      case "round_metrics": {
+        this.#progress(MODE.federated, data.round, data.total_rounds, message.timestamp);
         // round_metrics without a phase (the original format) are the evaluation averages.
-        this.#addMetrics(data.round, ROUND_SERIES[data.phase] ?? "eval", data.metrics);
+        const phase = data.phase ?? DEFAULT_ROUND_PHASE;
+        this.#addMetrics(data.round, ROUND_PHASES[phase] ?? phase, data.metrics);
         if (Number.isInteger(data.num_clients)) {
-          this.clients.setCount(data.round, data.phase ?? "evaluate", data.num_clients);
+          this.clients.setCount(data.round, phase, data.num_clients);
           this.changes.clients = true;
         }
         break;
-      case "round_end":
-        this.#progress("federated", data.round, data.total_rounds, message.timestamp);
-        this.#addMetrics(data.round, "fit", data.fit_metrics);
-        this.#addMetrics(
-          data.round,
-          this.#evalSeriesOf(data.round, data.eval_metrics),
-          data.eval_metrics,
-        );
+      }
+      case "round_end": {
+        this.#progress(MODE.federated, data.round, data.total_rounds, message.timestamp);
+        this.#addMetrics(data.round, ROUND_PHASES.train, data.fit_metrics);
+        // Without eval_source (the original format) the eval metrics are the clients'.
+        const source = EVAL_SOURCES[data.eval_source] ?? EVAL_SOURCES[DEFAULT_EVAL_SOURCE];
+        this.#addMetrics(data.round, source, data.eval_metrics);
         break;
+      }
       case "client_metrics":
-        this.#progress("federated", data.round, data.total_rounds, message.timestamp);
+        this.#progress(MODE.federated, data.round, data.total_rounds, message.timestamp);
         this.clients.add(data.round, data.phase, data.clients ?? []);
         this.changes.clients = true;
         break;
       case "early_stopping":
         this.earlyStopping = data;
-        if (!this.isFinished) this.status = "early_stopped";
+        if (!this.isFinished) this.status = STATUS.early_stopped;
         break;
       case "error":
         this.errors.push(data);
-        if (!this.trainingEnd) this.status = "failed";
+        if (!this.trainingEnd) this.status = STATUS.failed;
         break;
       case "training_end":
         this.trainingEnd = data;
-        this.status = FINISHED.has(data.status) ? data.status : "completed";
+        this.status = FINAL_STATUSES.has(data.status) ? data.status : STATUS.completed;
         this.changes.finished = true;
         break;
       default:
@@ -236,16 +246,6 @@ export class RunModel {
     return [...series.entries()].sort(([a], [b]) => rank(a) - rank(b));
   }
 
-  /** "eval" when round_end repeats the clients' evaluate average (or there is none). */
-  #evalSeriesOf(round, metrics) {
-    const differs = METRICS.some((metric) => {
-      const clientEval = this.series.get(metric)?.get("eval")?.at(round);
-      const value = plottable(metrics?.[metric]);
-      return clientEval !== undefined && metric in (metrics ?? {}) && clientEval !== value;
-    });
-    return differs ? CENTRAL_EVAL : "eval";
-  }
-
   #noteTime(timestamp) {
     const time = new Date(timestamp);
     if (Number.isNaN(time.getTime())) return;
@@ -254,7 +254,7 @@ export class RunModel {
   }
 
   #markRunning() {
-    if (this.status === "waiting") this.status = "running";
+    if (this.status === WAITING) this.status = STATUS.running;
   }
 
   #progress(mode, step, total, timestamp) {

@@ -2,17 +2,10 @@
 // Each function takes state and writes it into the page; none keeps state of its own
 // beyond what is on the page.
 
-import { METRICS } from "./run.js";
 import { formatDuration, formatNumber, formatTime } from "./format.js";
+import { METRICS, STATUS, statusLabel } from "./protocol.js";
 
 const $ = (id) => document.getElementById(id);
-const STATUS_LABELS = {
-  waiting: "waiting",
-  running: "running",
-  completed: "completed",
-  early_stopped: "early-stopped",
-  failed: "failed",
-};
 // A running run silent for this long is probably gone; say so next to its progress.
 const STALE_MS = 60_000;
 
@@ -36,11 +29,11 @@ export function showRuns(runs, shownRunId, pinnedRunId) {
     "",
   );
   const options = runs.map((run) => {
-    const running = run.status === "running";
+    const running = run.status === STATUS.running;
     const parts = [
       run.run_id,
       run.mode,
-      STATUS_LABELS[run.status] ?? run.status,
+      statusLabel(run.status),
       formatTime(run.first_timestamp),
     ];
     const label = `${running ? "● " : ""}${parts.filter(Boolean).join(" · ")}`;
@@ -62,7 +55,7 @@ export function showSummary(model, now = Date.now()) {
   $("run-title").textContent = model.runId;
   $("mode").textContent = model.mode ?? "—";
   const status = $("status");
-  status.textContent = STATUS_LABELS[model.status] ?? model.status;
+  status.textContent = statusLabel(model.status);
   status.dataset.status = model.status;
   $("message-count").textContent = String(model.messages.length);
 
@@ -154,7 +147,7 @@ export function showFinal(model, run) {
   const tiles = names.map((name) => tile(name, formatNumber(metrics[name])));
   $("final-metrics").replaceChildren(...tiles);
 
-  const facts = [`status ${STATUS_LABELS[end.status] ?? end.status}`];
+  const facts = [`status ${statusLabel(end.status)}`];
   if (end.best_round != null) facts.push(`best round ${end.best_round}`);
   if (end.best_epoch != null) facts.push(`best epoch ${end.best_epoch}`);
   if (end.best_metric) facts.push(`chosen by ${end.best_metric}`);
