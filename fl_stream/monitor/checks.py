@@ -105,6 +105,18 @@ def _first_bad_metric(value: Any, path: str) -> MessageError | None:
 is_metrics.locate = _first_bad_metric  # type: ignore[attr-defined]
 
 
+@_described("an object of setting name -> string, number, true/false or null")
+def is_config(value: Any) -> bool:
+    if not isinstance(value, dict):
+        return False
+    for key, item in value.items():
+        if not isinstance(key, str):
+            return False
+        if not (item is None or isinstance(item, (str, bool, int)) or is_number(item)):
+            return False
+    return True
+
+
 @_described("a string")
 def is_text(value: Any) -> bool:
     return isinstance(value, str)

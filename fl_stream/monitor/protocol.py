@@ -33,6 +33,7 @@ from .checks import (
     describe_fields,
     is_bool,
     is_count,
+    is_config,
     is_id,
     is_int,
     is_metrics,
@@ -197,7 +198,10 @@ _ROUND_PHASE = one_of(*ROUND_PHASES)
 MESSAGE_TYPES: dict[str, Fields] = {
     "training_mode": (
         {"is_federated": is_bool, "num_rounds": is_count, "num_clients": is_count},
-        {"num_epochs": is_count},  # a centralized run's planned epochs (num_rounds is 0)
+        {
+            "num_epochs": is_count,  # a centralized run's planned epochs (num_rounds is 0)
+            "config": is_config,  # the run's settings, so runs can be told apart and compared
+        },
     ),
     "epoch_end": (
         {"epoch": is_count, "phase": _EPOCH_PHASE, "metrics": is_metrics},
