@@ -188,6 +188,7 @@ CLIENT_ENTRY: Fields = (
     {
         "node_id": is_text,  # the Flower node; a string: 64-bit ids lose precision in JS
         "error": is_text,  # why its reply failed (then num_examples is 0, metrics empty)
+        "device": is_text,  # where it trained, e.g. "cpu" or "cuda:0" (the client mod's report)
     },
 )
 
