@@ -347,7 +347,7 @@ def test_fields_beyond_the_original_are_declared_optional() -> None:
         required, optional = MESSAGE_TYPES[message_type]
         assert set(extra) - {"clients"} <= set(optional), message_type
         make_message(message_type, {**VALID_DATA[message_type], **extra})
-    assert set(protocol.CLIENT_ENTRY[1]) == {"node_id", "error"}
+    assert set(protocol.CLIENT_ENTRY[1]) == {"node_id", "error", "device"}
 
 
 @pytest.mark.parametrize(
