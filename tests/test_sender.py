@@ -2,8 +2,10 @@
 
 :class:`AckServer` speaks the relay's publisher protocol (store each new ``(run_id, msg_id)``
 once, reply ``ack {run_id, seq, msg_id}``, re-ack a resent duplicate) and can drop a
-connection mid-stream, refuse messages, or never ack (a relay of the original design).
-One test also publishes to the real relay process.
+connection mid-stream, refuse messages, never ack (a relay of the original design), or mix
+other frames among its replies (a relay that predates publisher connections).
+One test also publishes to the real relay process. The delivery rules themselves are tested
+without a socket in ``tests/test_window.py``.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import torch
 from websockets.asyncio.server import ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 
+from fl_stream.monitor.connection import publisher_uri
 from fl_stream.monitor.protocol import MESSAGE_TYPES, utc_timestamp, validate_message
 from fl_stream.monitor.runlog import read_log
 from fl_stream.monitor.sender import MetricsWebSocketSender
@@ -55,6 +58,8 @@ class AckServer:
         reject: returns a reason to refuse a message, or None to accept it.
         store_fails_at: refuse the frame with this number (1-based) without naming it, once,
             as the relay does when its store fails ("send it again").
+        chatter: before each reply, also send what an older relay sends every connection:
+            another publisher's live message, a pong and a frame that is not JSON.
     """
 
     def __init__(
@@ -65,17 +70,20 @@ class AckServer:
         drop_at: int | None = None,
         reject: Callable[[Message], str | None] = lambda message: None,
         store_fails_at: int | None = None,
+        chatter: bool = False,
     ) -> None:
         self.port = port or free_port()
         self.url = f"ws://127.0.0.1:{self.port}"
         self.stored: list[Message] = []  # each (run_id, msg_id) once, in arrival order
         self.frames = 0  # every frame received, duplicates included
         self.authorizations: list[str | None] = []
+        self.paths: list[str] = []  # each connection's request path and query
         self.connections = 0
         self._ack = ack
         self._drop_at = drop_at
         self._reject = reject
         self._store_fails_at = store_fails_at
+        self._chatter = chatter
         self._seen: dict[tuple[str, str], int] = {}
         self._ready = threading.Event()
         self._loop = asyncio.new_event_loop()
@@ -100,6 +108,7 @@ class AckServer:
     async def _handle(self, websocket: ServerConnection) -> None:
         self.connections += 1
         self.authorizations.append(websocket.request.headers.get("Authorization"))
+        self.paths.append(websocket.request.path)
         try:
             async for text in websocket:
                 self.frames += 1
@@ -109,6 +118,10 @@ class AckServer:
 
     async def _take(self, websocket: ServerConnection, message: Message) -> None:
         msg_id = message.get("msg_id")
+        if self._chatter:
+            other = {**message, "run_id": "someone-else", "msg_id": "other-1", "seq": 1}
+            for frame in (json.dumps(other), _reply("pong", {}), "not json"):
+                await websocket.send(frame)
         if self.frames == self._store_fails_at:
             await websocket.send(_reply("rejected", {"reason": "store failed; send it again"}))
             return
@@ -357,6 +370,9 @@ def test_a_full_queue_drops_the_oldest_counts_and_logs_them(
         sender = make_sender(f"ws://127.0.0.1:{port}", max_queue=10, log_path=log_path)
         for epoch in range(25):
             assert sender.send_epoch_end(epoch, "train", METRICS)
+        # The relay comes up only once the sender has seen it down: under load the calls can
+        # overflow the callers' hand-off (15 dropped) before the sender's thread first dials.
+        assert wait_until(lambda: any("unreachable" in r.getMessage() for r in caplog.records))
         assert wait_until(lambda: sender.stats().dropped == 15)
         with AckServer(port) as server:
             assert sender.flush(WAIT)
@@ -478,6 +494,46 @@ def test_the_publisher_token_is_sent_as_a_bearer_header(server: AckServer, make_
     sender.send_error("x", "y")
     assert sender.flush(WAIT)
     assert server.authorizations == ["Bearer s3cret"]
+
+
+@pytest.mark.parametrize(
+    ("uri", "expected"),
+    [
+        ("ws://127.0.0.1:8765", "ws://127.0.0.1:8765/?publish"),
+        ("ws://127.0.0.1:8765/", "ws://127.0.0.1:8765/?publish"),
+        ("wss://relay.example/fl/ws?x=1", "wss://relay.example/fl/ws?x=1&publish"),
+        ("ws://h/?publish", "ws://h/?publish"),
+        ("ws://h/?x=1&publish=yes", "ws://h/?x=1&publish=yes"),
+        ("ws://h/?publisher=1", "ws://h/?publisher=1&publish"),
+    ],
+)
+def test_the_publisher_uri_adds_publish_to_the_query(uri: str, expected: str) -> None:
+    assert publisher_uri(uri) == expected
+
+
+def test_the_sender_connects_as_a_publisher_keeping_path_and_query(
+    server: AckServer, make_sender
+) -> None:
+    sender = make_sender(f"{server.url}/runs/feed?x=1")
+    sender.send_error("x", "y")
+    assert sender.flush(WAIT)
+    assert server.paths == ["/runs/feed?x=1&publish"]
+    assert sender.websocket_uri == f"{server.url}/runs/feed?x=1"  # as given
+
+
+def test_frames_other_than_replies_are_ignored(
+    make_sender, caplog: pytest.LogCaptureFixture
+) -> None:
+    with AckServer(chatter=True) as server, caplog.at_level(logging.WARNING):
+        sender = make_sender(server.url, run_id="r")
+        for epoch in range(20):
+            sender.send_epoch_end(epoch, "train", METRICS)
+        assert sender.flush(WAIT)
+        assert epochs(server.stored) == list(range(20)) and server.frames == 20
+    stats = sender.stats()
+    assert (stats.acked, stats.pending, stats.resent) == (20, 0, 0)
+    invalid = [r.getMessage() for r in caplog.records if "invalid reply" in r.getMessage()]
+    assert len(invalid) == 1  # the frame that is not JSON, reported once
 
 
 def test_without_a_relay_uri_messages_go_to_the_log_only(make_sender, tmp_path: Path) -> None:

@@ -4,9 +4,11 @@ A ``send_*`` call builds and validates one message (:mod:`fl_stream.monitor.prot
 bounded queue and returns ``True`` (or ``False``, with one logged error naming the field, when
 a value is invalid). It never blocks on the network and never raises into training code.
 
-A background thread (:mod:`fl_stream.monitor.delivery`) appends every accepted message to the local
-JSONL run log and delivers it over one persistent, self-healing WebSocket connection; messages
-the relay has not acknowledged are resent after a reconnect, and the relay stores each once.
+A background thread (:mod:`fl_stream.monitor.delivery`) appends every accepted message to the
+local JSONL run log and delivers it over one persistent, self-healing WebSocket connection
+(:mod:`fl_stream.monitor.connection`); the delivery rules and every counter are in
+:mod:`fl_stream.monitor.window`: messages the relay has not acknowledged are resent after a
+reconnect, and the relay stores each once.
 """
 
 from __future__ import annotations
@@ -24,9 +26,10 @@ from typing import Any
 from websockets.exceptions import InvalidURI
 from websockets.uri import parse_uri
 
-from .delivery import Delivery, SenderStats
+from .delivery import Delivery
 from .protocol import DEFAULT_RELAY_URL, MessageError, make_message, relay_token
 from .runlog import default_log_path
+from .window import SenderStats
 
 __all__ = ["MetricsWebSocketSender", "SenderStats"]
 
@@ -89,9 +92,8 @@ class MetricsWebSocketSender:
         self.log_path = Path(log_path) if log_path else default_log_path(run_id, self.sender_id)
         self._exit_timeout = exit_timeout
         self._msg_numbers = itertools.count(1)
-        self._lock = threading.Lock()  # guards _closed and _invalid
+        self._lock = threading.Lock()  # guards _closed
         self._closed = False
-        self._invalid = 0
         self._delivery = Delivery(
             self.websocket_uri,
             self.log_path,
@@ -272,9 +274,7 @@ class MetricsWebSocketSender:
 
     def stats(self) -> SenderStats:
         """Return the sender's counters."""
-        with self._lock:
-            invalid = self._invalid
-        return self._delivery.stats(invalid)
+        return self._delivery.stats()
 
     def __enter__(self) -> MetricsWebSocketSender:
         return self
@@ -317,8 +317,7 @@ class MetricsWebSocketSender:
 
     def _refuse(self, message_type: str, reason: str) -> bool:
         """Log why a call was refused (once per distinct reason) and return ``False``."""
-        with self._lock:
-            self._invalid += 1
+        self._delivery.count_invalid()
         self._delivery.report_once(
             f"invalid:{message_type}:{reason}",
             logging.ERROR,
