@@ -121,11 +121,14 @@ class MetricsWebSocketSender:
         num_clients: int,
         *,
         num_epochs: int | None = None,
+        config: Mapping[str, Any] | None = None,
     ) -> bool:
         """Announce the run: federated or centralized, its rounds, clients and epochs.
 
         A centralized run sends ``num_rounds=0, num_clients=0`` and its planned
         ``num_epochs``, which lets the dashboard show "epoch k of N" and the time left.
+        ``config`` holds the run's settings (name -> str, number, bool or None; never a
+        secret), which tell runs apart when they are compared.
         """
         data: dict[str, Any] = {
             "is_federated": is_federated,
@@ -134,6 +137,8 @@ class MetricsWebSocketSender:
         }
         if num_epochs is not None:
             data["num_epochs"] = num_epochs
+        if config is not None:
+            data["config"] = config
         return self._send("training_mode", data)
 
     def send_epoch_end(self, epoch: int, phase: str, metrics: Mapping[str, Any]) -> bool:
@@ -167,17 +172,23 @@ class MetricsWebSocketSender:
         total_rounds: int,
         fit_metrics: Mapping[str, Any],
         eval_metrics: Mapping[str, Any],
+        *,
+        eval_source: str | None = None,
     ) -> bool:
-        """Report the end of a federated round with its training and evaluation metrics."""
-        return self._send(
-            "round_end",
-            {
-                "round": round_num,
-                "total_rounds": total_rounds,
-                "fit_metrics": fit_metrics,
-                "eval_metrics": eval_metrics,
-            },
-        )
+        """Report the end of a federated round with its training and evaluation metrics.
+
+        ``eval_source`` says where ``eval_metrics`` come from: ``"clients"`` (federated
+        evaluation) or ``"server"`` (the server's own evaluation of the global model).
+        """
+        data: dict[str, Any] = {
+            "round": round_num,
+            "total_rounds": total_rounds,
+            "fit_metrics": fit_metrics,
+            "eval_metrics": eval_metrics,
+        }
+        if eval_source is not None:
+            data["eval_source"] = eval_source
+        return self._send("round_end", data)
 
     def send_client_metrics(
         self,
