@@ -143,6 +143,7 @@ def _run_federation(args: argparse.Namespace) -> str | None:
         text=True,
         bufsize=1,
     )
+    assert flwr.stdout is not None  # stdout=PIPE
     try:
         for line in flwr.stdout:
             print(line, end="", flush=True)

@@ -230,7 +230,7 @@ def _list_images(root: Path, split: str) -> list[tuple[Path, int]]:
     missing = [str(folder) for folder in folders if not folder.is_dir()]
     if missing:
         raise DataError(f"missing folder {', '.join(missing)}; {layout}")
-    found = []
+    found: list[tuple[Path, int]] = []
     for label, folder in enumerate(folders):
         images = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
         if not images:
