@@ -13,13 +13,16 @@ from fl_stream.monitor.protocol import (
     DEFAULT_RELAY_HOST,
     DEFAULT_RELAY_PORT,
     RELAY_TOKEN_ENV,
+    VIEWER_TOKEN_ENV,
     relay_token,
+    viewer_token,
 )
 from fl_stream.settings import (
     ORIGIN,
     PORT,
     POSITIVE_INT,
     OneLineErrorParser,
+    SettingError,
     add_arguments,
     one_of,
     setting,
@@ -57,14 +60,21 @@ class RelayConfig:
         help="publishers must send 'Authorization: Bearer <token>'",
         default_help=f"${RELAY_TOKEN_ENV}; unset: anyone may publish",
     )
+    viewer_token: str | None = setting(
+        default_factory=viewer_token,
+        repr=False,
+        help="reading runs (subscriptions, /api/*) needs this token or the publisher token, "
+        "sent as 'Authorization: Bearer <token>' or in an auth message",
+        default_help=f"${VIEWER_TOKEN_ENV}; unset: anyone may read",
+    )
     allowed_origins: tuple[str, ...] = setting(
         (),
         check=ORIGIN,
         flag="--allowed-origin",
         metavar="ORIGIN",
         help="a browser origin allowed to connect, e.g. http://myhost:8080 (repeatable; clients "
-        "without an Origin and the relay's own http://127.0.0.1:PORT and http://localhost:PORT "
-        "are always allowed)",
+        "without an Origin and the relay's own http(s)://127.0.0.1:PORT and "
+        "http(s)://localhost:PORT are always allowed)",
     )
     max_message_bytes: int = setting(
         64 * 1024, check=POSITIVE_INT, help="larger frames close the connection with 1009"
@@ -74,12 +84,18 @@ class RelayConfig:
         check=POSITIVE_INT,
         help="unsent bytes a subscriber may have before it is closed with 4008",
     )
+    certfile: Path | None = setting(
+        None, help="TLS certificate chain (PEM): serve wss:// and https://; needs --keyfile"
+    )
+    keyfile: Path | None = setting(None, help="the private key (PEM) of --certfile")
     log_level: str = setting(
         "INFO", check=one_of(LOG_LEVELS), parse=str.upper, help="log level, in any case"
     )
 
     def __post_init__(self) -> None:
         validate(self)
+        if (self.certfile is None) != (self.keyfile is None):
+            raise SettingError("--certfile and --keyfile go together: pass both, or neither")
 
 
 def build_parser() -> argparse.ArgumentParser:

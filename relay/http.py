@@ -8,17 +8,22 @@ Routes (GET):
     ``/static/<file>``                 files from ``relay/static/``
     ``/static/plotly.min.js``          Plotly, from the installed ``plotly`` package
     ``/favicon.ico``                   ``relay/static/favicon.ico``, or 204 when there is none
-    ``/healthz``                       ``{"status": "ok"}``
+    ``/healthz``                       ``{"status": "ok", "epoch"}``
     ``/stats``                         the relay's counters
     ``/api/protocol``                  the wire protocol, ``fl_stream.monitor.protocol.describe()``
                                        (the dashboard loads it before anything else)
-    ``/api/runs``                      every run's summary, the most recently active first
+    ``/api/runs``                      ``{"epoch", "runs"}``: every run's summary, newest first
     ``/api/runs/{run_id}/metrics``     one run: summary, messages (``?since=<seq>``), final metrics
+
+With a viewer token, ``/api/*`` needs ``Authorization: Bearer <token>`` (401 without);
+``/healthz``, ``/stats``, ``/`` and ``/static/*`` hold no run data and stay open. Run
+summaries come from memory (:class:`relay.runs.RunIndex`); a run's messages are read in a
+worker thread, so no request holds up the event loop.
 """
 
 from __future__ import annotations
 
-import email.utils
+import asyncio
 import http
 import importlib.resources
 import json
@@ -30,10 +35,12 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
-from websockets.datastructures import Headers
 from websockets.http11 import Request, Response
 
 from fl_stream.monitor import protocol
+from relay.access import Gate
+from relay.responses import error_response, json_response, response
+from relay.runs import RunIndex
 from relay.store import MessageStore
 
 __all__ = ["STATIC_DIR", "HttpRoutes"]
@@ -48,7 +55,9 @@ class HttpRoutes:
     """Answers the relay's HTTP requests.
 
     Args:
-        store: the message store the API reads.
+        store: the message store (a run's messages, the epoch).
+        runs: the run summaries.
+        gate: decides who may read ``/api/*``.
         stats: returns the relay's counters for ``/stats``.
         static_dir: the folder served under ``/static/`` and ``/``.
     """
@@ -56,80 +65,93 @@ class HttpRoutes:
     def __init__(
         self,
         store: MessageStore,
+        runs: RunIndex,
+        gate: Gate,
         stats: Callable[[], dict[str, Any]],
         static_dir: Path = STATIC_DIR,
     ) -> None:
         self.store = store
+        self.runs = runs
+        self.gate = gate
         self.stats = stats
         self.static_dir = static_dir.resolve()
         self._started = time.monotonic()
 
-    def respond(self, request: Request) -> Response:
+    async def respond(self, request: Request) -> Response:
         """Return the response to a plain (non-WebSocket) GET request."""
-        url = urlsplit(request.path)
+        url = urlsplit(request.path)  # the server refused the URLs this cannot split
         path = url.path
         if path == "/healthz":
-            return json_response({"status": "ok"})
+            return json_response({"status": "ok", "epoch": self.store.epoch})
         if path == "/stats":
             uptime = round(time.monotonic() - self._started, 3)
             return json_response({**self.stats(), "uptime_s": uptime})
-        if path == "/api/protocol":
-            return _protocol_response()
-        if path == "/api/runs":
-            return json_response({"runs": self.store.runs()})
-        if path.startswith(_RUN_PREFIX) and path.endswith(_RUN_SUFFIX):
-            run_id = unquote(path[len(_RUN_PREFIX) : -len(_RUN_SUFFIX)])
-            return self._run_metrics(run_id, parse_qs(url.query).get("since", ["0"])[-1])
+        if path.startswith("/api/"):
+            return self.gate.reader(request) or await self._api(path, url.query)
         if path == "/":
             return self._file(self.static_dir / "index.html")
         if path == "/favicon.ico":
             icon = self.static_dir / "favicon.ico"
-            return self._file(icon) if icon.is_file() else _response(http.HTTPStatus.NO_CONTENT)
+            return self._file(icon) if icon.is_file() else response(http.HTTPStatus.NO_CONTENT)
         if path == "/static/plotly.min.js":
             return _plotly_response()
         if path.startswith("/static/"):
             return self._file(self.static_dir / unquote(path[len("/static/") :]))
-        return error_response(http.HTTPStatus.NOT_FOUND, f"no such path: {path}")
+        return _not_found(f"no such path: {path}")
 
-    def _run_metrics(self, run_id: str, since_text: str) -> Response:
+    async def _api(self, path: str, query: str) -> Response:
+        if path == "/api/protocol":
+            return _protocol_response()
+        if path == "/api/runs":
+            body = self.runs.encoded_list(self.store.epoch)
+            return response(http.HTTPStatus.OK, body, "application/json")
+        if path.startswith(_RUN_PREFIX) and path.endswith(_RUN_SUFFIX):
+            name = unquote(path[len(_RUN_PREFIX) : -len(_RUN_SUFFIX)])
+            return await self._run_metrics(name, parse_qs(query).get("since", ["0"])[-1])
+        return _not_found(f"no such path: {path}")
+
+    async def _run_metrics(self, name: str, since_text: str) -> Response:
         try:
             since = int(since_text)
         except ValueError:
+            since = None
+        if since is None or not protocol.INT64_MIN <= since <= protocol.INT64_MAX:
             return error_response(
-                http.HTTPStatus.BAD_REQUEST, f"since: expected an integer, got {since_text!r}"
+                http.HTTPStatus.BAD_REQUEST,
+                f"since: expected an integer from -2**63 to 2**63-1, got {since_text[:40]!r}",
             )
-        summary = self.store.run_summary(run_id)
-        if summary is None:
-            return error_response(http.HTTPStatus.NOT_FOUND, f"unknown run: {run_id!r}")
-        end = self.store.run_end(run_id)
+        run_id = self.runs.resolve(name)
+        summary = self.runs.summary(run_id) if run_id is not None else None
+        if run_id is None or summary is None:
+            return _not_found(f"unknown run: {name[:100]!r}")
+        end = self.runs.end(run_id)
         final = end["data"] if end is not None and end["type"] == "training_end" else None
         head = {
             **summary,
             "final_metrics": final["final_metrics"] if final else None,
             "training_end": final,
         }
+        bodies = await asyncio.to_thread(self.store.run_bodies, run_id, since)
         # The stored frames are already JSON: splice them in rather than decode and re-encode.
-        messages = ",".join(self.store.run_bodies(run_id, since))
-        body = json.dumps(head)[:-1] + ',"messages":[' + messages + "]}"
-        return _response(http.HTTPStatus.OK, body.encode(), "application/json")
+        body = json.dumps(head)[:-1] + ',"messages":[' + ",".join(bodies) + "]}"
+        return response(http.HTTPStatus.OK, body.encode(), "application/json")
 
     def _file(self, path: Path) -> Response:
-        resolved = path.resolve()
-        # resolve() folds "..": anything outside the static folder does not exist here.
-        if not resolved.is_relative_to(self.static_dir) or not resolved.is_file():
-            return error_response(http.HTTPStatus.NOT_FOUND, f"no such file: {path.name}")
+        try:
+            resolved = path.resolve()
+            # resolve() folds "..": anything outside the static folder does not exist here.
+            found = resolved.is_relative_to(self.static_dir) and resolved.is_file()
+            body = resolved.read_bytes() if found else None
+        except (OSError, ValueError):  # a NUL byte, a name too long for the file system
+            body = None
+        if body is None:
+            return _not_found(f"no such file: {path.name[:100]}")
         kind = mimetypes.guess_type(resolved.name)[0] or "application/octet-stream"
-        return _response(http.HTTPStatus.OK, resolved.read_bytes(), kind)
+        return response(http.HTTPStatus.OK, body, kind)
 
 
-def json_response(payload: Any, status: http.HTTPStatus = http.HTTPStatus.OK) -> Response:
-    """Return ``payload`` as an ``application/json`` response."""
-    return _response(status, json.dumps(payload).encode(), "application/json")
-
-
-def error_response(status: http.HTTPStatus, error: str) -> Response:
-    """Return ``{"error": ...}`` with ``status``."""
-    return json_response({"error": error}, status)
+def _not_found(error: str) -> Response:
+    return error_response(http.HTTPStatus.NOT_FOUND, error)
 
 
 @cache
@@ -139,7 +161,7 @@ def _protocol_body() -> bytes:
 
 def _protocol_response() -> Response:
     # Not cached by browsers, like the page's own files: both always come from this relay.
-    return _response(http.HTTPStatus.OK, _protocol_body(), "application/json")
+    return response(http.HTTPStatus.OK, _protocol_body(), "application/json")
 
 
 @cache
@@ -151,26 +173,5 @@ def _plotly_response() -> Response:
     try:
         body = _plotly_bytes()
     except (ModuleNotFoundError, OSError) as exc:
-        return error_response(
-            http.HTTPStatus.NOT_FOUND, f"plotly.min.js unavailable ({exc}); pip install plotly"
-        )
-    return _response(http.HTTPStatus.OK, body, "text/javascript", cache=True)
-
-
-def _response(
-    status: http.HTTPStatus, body: bytes = b"", content_type: str | None = None, cache: bool = False
-) -> Response:
-    # Built whole rather than through connection.respond(), whose Content-Type header a
-    # later assignment would duplicate (Headers appends).
-    headers = Headers(
-        [
-            ("Date", email.utils.formatdate(usegmt=True)),
-            ("Connection", "close"),
-            ("Content-Length", str(len(body))),
-            ("Cache-Control", "max-age=3600" if cache else "no-store"),
-        ]
-    )
-    if content_type is not None:
-        text = content_type.startswith("text/") or content_type == "application/json"
-        headers["Content-Type"] = f"{content_type}; charset=utf-8" if text else content_type
-    return Response(status.value, status.phrase, headers, body)
+        return _not_found(f"plotly.min.js unavailable ({exc}); pip install plotly")
+    return response(http.HTTPStatus.OK, body, "text/javascript", cache=True)

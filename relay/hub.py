@@ -4,73 +4,52 @@ One :class:`Hub` serves every WebSocket connection of the relay. Everything runs
 loop's thread, so the hub needs no locks: a frame is handled synchronously from validation to
 its insert in the store, and the batch of frames inserted during one loop iteration is
 committed, broadcast and acknowledged together by :meth:`Hub.flush` (scheduled with
-``call_soon``). Nothing is broadcast or acknowledged before the commit that makes it durable.
+``call_soon``). Nothing is broadcast or acknowledged before the commit that makes it durable;
+when a write or the commit fails, only the messages it lost are refused (each by its
+``msg_id``, with ``retry: true``), and every other reply of the batch goes out unchanged.
 
-What a connection receives depends on its :class:`Role`, declared in its URL query: a
-listener (no query, the original design) gets every live message until it subscribes; a
-subscriber (``?subscribe``) and a publisher (``?publish``) get only the replies to their own
-frames until they subscribe, and then what they subscribed to.
-
-Fan-out writes one pre-encoded frame to every target with :func:`websockets.broadcast`
-(synchronous, no task per client), then checks each target's write buffer: a subscriber past
-the cap is evicted with close code :data:`SLOW_CONSUMER` so it never slows anyone else.
+What a connection receives depends on its role (``relay/clients.py``) and on what it may
+read (``relay/access.py``). Fan-out writes one pre-encoded frame to every target with
+:func:`websockets.broadcast` (synchronous, no task per client), then checks each target's
+write buffer: a connection past the cap is evicted with close code :data:`SLOW_CONSUMER` so
+it never slows anyone else. Replays are paced by the reader (``relay/replay.py``) under the
+same cap.
 """
 
 from __future__ import annotations
 
 import asyncio
-import enum
-import json
 import logging
 import sqlite3
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Any
 
 from websockets.asyncio.server import ServerConnection, broadcast
 from websockets.exceptions import ConnectionClosed
 
+from fl_stream.monitor.checks import is_text
 from fl_stream.monitor.protocol import (
+    CLIENT_CONTROL_TYPES,
     CONTROL_TYPES,
     Message,
     MessageError,
     decode_message,
-    encode_message,
-    utc_timestamp,
 )
-from relay.store import DEFAULT_RUN, MessageStore
+from relay.access import Access, Gate
+from relay.clients import Client, Role, Routing
+from relay.replay import STALL_TIMEOUT, Outcome, replay
+from relay.replies import ack, control, msg_id_of, rejected, store_failure
+from relay.runs import RunIndex
+from relay.store import DEFAULT_RUN, BatchLost, MessageStore
 
-__all__ = ["SLOW_CONSUMER", "Hub", "Role", "Stats"]
+__all__ = ["SLOW_CONSUMER", "Hub", "Stats"]
 
 logger = logging.getLogger("relay")
 
-# Close code for a subscriber whose unsent data passed the buffer cap (4000-4999: private use).
+# Close code for a connection whose unsent data passed the buffer cap (4000-4999: private use).
 SLOW_CONSUMER = 4008
-# Stored messages written per step of a replay before waiting for the socket to drain.
-REPLAY_PAGE = 500
-# How long an evicted subscriber gets to take the close frame before its socket is aborted.
+# How long an evicted connection gets to take the close frame before its socket is aborted.
 EVICT_CLOSE_TIMEOUT = 1.0
-
-
-class Role(enum.Enum):
-    """What a connection declared itself in its URL query, and so what it gets before subscribing.
-
-    Whatever the role, a connection that subscribes receives what it subscribed to, and
-    every connection receives the replies to its own frames (ack, rejected, pong,
-    replay_end and replays).
-    """
-
-    LISTENER = "listener"  # no query (the original design): every live message of every run
-    SUBSCRIBER = "subscriber"  # ?subscribe: nothing live until its first subscribe
-    PUBLISHER = "publisher"  # ?publish: nothing live unless it subscribes
-
-    @classmethod
-    def from_query(cls, query: dict[str, list[str]]) -> Role:
-        """The role a parsed URL query asks for; ``publish`` wins over ``subscribe``."""
-        if "publish" in query:
-            return cls.PUBLISHER
-        if "subscribe" in query:
-            return cls.SUBSCRIBER
-        return cls.LISTENER
 
 
 @dataclass
@@ -88,26 +67,15 @@ class Stats:
 
 
 @dataclass
-class _Client:
-    """What the hub knows about one connection."""
-
-    can_publish: bool
-    role: Role
-    # True while it is a listener that never subscribed: it receives every live message.
-    takes_everything: bool
-    # Subscription (a run id, None: all runs) -> the newest row id when it went live: every
-    # later message it matches has been sent to this connection already.
-    live_from: dict[str | None, int] = field(default_factory=dict)
-
-
-@dataclass
 class _Pending:
     """A reply waiting for the next commit, and the inserted message to broadcast first."""
 
     publisher: ServerConnection
     reply: bytes
-    run_id: str | None = None
-    frame: bytes | None = None  # None: nothing to broadcast (a resent duplicate, a refusal)
+    msg_id: str | None = None
+    stored: bool = False  # the reply holds only if this batch's commit succeeds
+    message: Message | None = None  # the inserted message (None: a reply only)
+    frame: bytes | None = None  # its encoding, to broadcast
 
 
 class Hub:
@@ -115,44 +83,48 @@ class Hub:
 
     Args:
         store: where accepted messages are numbered and kept.
+        runs: the run summaries, updated with every committed message.
+        gate: checks the tokens of ``auth`` messages.
         buffer_cap: the most bytes a connection may have waiting to be sent; past it the
             connection is closed with :data:`SLOW_CONSUMER`.
     """
 
-    def __init__(self, store: MessageStore, buffer_cap: int) -> None:
+    def __init__(self, store: MessageStore, runs: RunIndex, gate: Gate, buffer_cap: int) -> None:
         self.store = store
+        self.runs = runs
+        self.gate = gate
         self.buffer_cap = buffer_cap
         self.stats = Stats()
-        self._clients: dict[ServerConnection, _Client] = {}
+        self._clients: dict[ServerConnection, Client] = {}
         self._connections: set[ServerConnection] = set()  # evicted ones too, until closed
-        # Live targets: connections that take every run (never subscribed, or subscribed
-        # to all runs), and the subscribers of each run.
-        self._every_run: set[ServerConnection] = set()
-        self._by_run: dict[str, set[ServerConnection]] = {}
+        self._routing = Routing()
         self._pending: list[_Pending] = []
         self._flush_handle: asyncio.Handle | None = None
 
     # ----------------------------------------------------------------------- connections
 
-    async def handle(self, websocket: ServerConnection, can_publish: bool, role: Role) -> None:
+    async def handle(self, websocket: ServerConnection, access: Access, role: Role) -> None:
         """Serve one connection until it closes.
 
         Args:
-            can_publish: whether its messages are accepted (the token rule).
-            role: what it receives before it subscribes (see :class:`Role`).
+            access: what its handshake allows (an ``auth`` message may allow more).
+            role: what it receives before it subscribes (see :class:`relay.clients.Role`).
         """
-        listener = role is Role.LISTENER
-        self._clients[websocket] = _Client(can_publish, role, takes_everything=listener)
+        client = Client(access, role, takes_everything=role is Role.LISTENER)
+        self._clients[websocket] = client
         self._connections.add(websocket)
-        if listener:
-            self._every_run.add(websocket)
+        self._routing.admit(websocket, client)
         self.stats.connections += 1
-        if role is Role.PUBLISHER:
-            self.stats.publishers += 1
+        self.stats.publishers += role is Role.PUBLISHER
         self.stats.connections_total += 1
         try:
             async for frame in websocket:
-                await self._on_frame(websocket, frame)
+                try:
+                    await self._on_frame(websocket, frame)
+                except Exception as exc:  # a last resort: one bad frame never costs the link
+                    reason = f"the relay could not handle this message ({type(exc).__name__})"
+                    logger.error("%s from %s: %s", reason, _peer(websocket), exc)
+                    self._reject(websocket, reason, None, log=False)
         except ConnectionClosed:
             pass
         finally:
@@ -169,11 +141,8 @@ class Hub:
         if client is None:
             return
         self.stats.connections -= 1
-        if client.role is Role.PUBLISHER:
-            self.stats.publishers -= 1
-        self._every_run.discard(websocket)
-        for run_id in [r for r, subscribers in self._by_run.items() if websocket in subscribers]:
-            self._leave_run(websocket, run_id)
+        self.stats.publishers -= client.role is Role.PUBLISHER
+        self._routing.forget(websocket)
 
     async def _on_frame(self, websocket: ServerConnection, frame: str | bytes) -> None:
         client = self._clients.get(websocket)
@@ -185,48 +154,75 @@ class Hub:
         try:
             message = decode_message(frame)
         except MessageError as exc:
-            self._reject(websocket, str(exc), _msg_id_of(frame))
+            self._reject(websocket, str(exc), msg_id_of(frame))
             return
-        kind = message["type"]
-        if kind == "subscribe":
-            await self._subscribe(websocket, client, message["data"])
+        kind, data, msg_id = message["type"], message["data"], message.get("msg_id")
+        if kind == "ping":
+            self._reply(websocket, control("pong", {}))
+        elif kind == "auth":
+            self._authenticate(websocket, client, data["token"])
+        elif kind in CONTROL_TYPES and kind not in CLIENT_CONTROL_TYPES:
+            self._reject(websocket, f"type: {kind!r} is sent by the relay, not to it", msg_id)
+        elif kind in ("subscribe", "unsubscribe") and not client.access.can_read:
+            reason = (
+                "unauthorised: this relay needs a viewer token to read; send "
+                "'Authorization: Bearer <token>' or an auth message first"
+            )
+            self._reject(websocket, reason, msg_id)
+        elif kind == "subscribe":
+            await self._subscribe(websocket, client, data)
         elif kind == "unsubscribe":
-            self._unsubscribe(websocket, client, message["data"].get("run_id"))
-        elif kind == "ping":
-            self._reply(websocket, _control("pong", {}))
-        elif kind in CONTROL_TYPES:
-            reason = f"type: {kind!r} is sent by the relay, not to it"
-            self._reject(websocket, reason, message.get("msg_id"))
-        elif not client.can_publish:
+            self._routing.unsubscribe(websocket, client, data.get("run_id"))
+        elif not client.access.can_publish:
             reason = (
                 "unauthorised: this relay needs 'Authorization: Bearer <token>' to publish; "
                 "this connection is read-only"
             )
-            self._reject(websocket, reason, message.get("msg_id"))
+            self._reject(websocket, reason, msg_id)
         else:
             self._accept(websocket, message)
+
+    def _authenticate(self, websocket: ServerConnection, client: Client, token: str) -> None:
+        access = self.gate.for_token(token)
+        if access is None:
+            self._reject(websocket, "unauthorised: invalid token", None)
+            return
+        could_read = client.access.can_read
+        client.access = Access(
+            can_read=could_read or access.can_read,
+            can_publish=client.access.can_publish or access.can_publish,
+        )
+        if not could_read and client.access.can_read:
+            self._routing.admit(websocket, client)
+        reply = {"can_publish": client.access.can_publish}
+        self._reply(websocket, control("authenticated", reply))
 
     # ----------------------------------------------------------------------- publishing
 
     def _accept(self, publisher: ServerConnection, message: Message) -> None:
         run_id = message.get("run_id", DEFAULT_RUN)
         msg_id = message.get("msg_id")
-        seq = self.store.find_seq(run_id, msg_id) if msg_id is not None else None
-        if seq is not None:
-            self.stats.duplicates += 1
-            self._queue(_Pending(publisher, _ack(run_id, seq, msg_id)))
-            return
         try:
+            found = self.store.find_seq(run_id, msg_id) if msg_id is not None else None
+            if found is not None:
+                seq, committed = found
+                self.stats.duplicates += 1
+                reply = ack(run_id, seq, msg_id)
+                self._queue(_Pending(publisher, reply, msg_id, stored=not committed))
+                return
             run_id, seq, frame = self.store.append(message)
         except MessageError as exc:
             self._reject(publisher, str(exc), msg_id)
             return
         except sqlite3.Error as exc:
+            reason = store_failure(exc)
+            if isinstance(exc, BatchLost):  # the messages inserted before it are gone too
+                self._refuse_stored(self._pending, reason)
             logger.error("store failed: %s", exc)
-            self._reject(publisher, f"relay could not store the message ({exc})", msg_id)
+            self._reject(publisher, reason, msg_id, retry=True, log=False)
             return
-        self.stats.messages_in += 1
-        self._queue(_Pending(publisher, _ack(run_id, seq, msg_id), run_id, frame))
+        pending = _Pending(publisher, ack(run_id, seq, msg_id), msg_id, True, message, frame)
+        self._queue(pending)
 
     def _queue(self, pending: _Pending) -> None:
         self._pending.append(pending)
@@ -234,7 +230,7 @@ class Hub:
             self._flush_handle = asyncio.get_running_loop().call_soon(self.flush)
 
     def flush(self) -> None:
-        """Commit the pending messages, then broadcast them and acknowledge their publishers."""
+        """Commit the pending messages, then broadcast them and send every pending reply."""
         if self._flush_handle is not None:
             self._flush_handle.cancel()
             self._flush_handle = None
@@ -244,27 +240,41 @@ class Hub:
         try:
             self.store.commit()
         except sqlite3.Error as exc:
-            logger.error("store commit failed, %d messages refused: %s", len(batch), exc)
-            self.stats.rejected += len(batch)
-            reason = f"relay could not store the message ({exc}); send it again"
-            for pending in batch:
-                self._send(pending.publisher, _control("rejected", {"reason": reason}))
-            return
+            logger.error("store commit failed: %s", exc)
+            self._refuse_stored(batch, store_failure(exc))
+        changed: dict[str, None] = {}  # runs that appeared or changed status, in order
         for pending in batch:
-            if pending.frame is not None:
-                self._fan_out(pending.run_id, pending.frame, pending.publisher)
+            if pending.message is not None and pending.frame is not None:
+                run_id = pending.message["run_id"]
+                self.stats.messages_in += 1
+                self._fan_out(run_id, pending.frame, pending.publisher)
+                if self.runs.record(pending.message):
+                    changed[run_id] = None
             self._send(pending.publisher, pending.reply)
+        for run_id in changed:
+            self._announce(run_id)
+
+    def _refuse_stored(self, batch: list[_Pending], reason: str) -> None:
+        """Turn the replies that needed the lost transaction into refusals (``retry``)."""
+        for pending in batch:
+            if pending.stored:
+                pending.reply = rejected(reason, pending.msg_id, retry=True)
+                pending.stored, pending.message, pending.frame = False, None, None
+                self.stats.rejected += 1
 
     def _fan_out(self, run_id: str, frame: bytes, publisher: ServerConnection) -> None:
-        targets = self._every_run
-        if run_id in self._by_run:
-            targets = targets | self._by_run[run_id]  # a connection in both gets it once
-        targets = targets - {publisher}  # never echoed
+        targets = self._routing.targets(run_id, publisher)
         broadcast(targets, frame, text=True)
         self.stats.messages_out += len(targets)
-        cap = self.buffer_cap
-        for websocket in [t for t in targets if t.transport.get_write_buffer_size() > cap]:
-            self._evict(websocket)
+        self._check_buffers(targets)
+
+    def _announce(self, run_id: str) -> None:
+        """Tell every dashboard that a run appeared or changed status."""
+        summary = self.runs.summary(run_id)
+        if summary is not None and self._routing.dashboards:
+            dashboards = set(self._routing.dashboards)
+            broadcast(dashboards, control("run_summary", summary), text=True)
+            self._check_buffers(dashboards)
 
     def _reply(self, websocket: ServerConnection, frame: bytes) -> None:
         """Send a reply behind the acks still waiting for a commit: replies keep frame order."""
@@ -275,98 +285,94 @@ class Hub:
 
     def _send(self, websocket: ServerConnection, frame: bytes) -> None:
         broadcast((websocket,), frame, text=True)
-        self._check_buffer(websocket)
+        self._check_buffers((websocket,))
 
-    def _reject(self, websocket: ServerConnection, reason: str, msg_id: Any) -> None:
+    def _reject(
+        self,
+        websocket: ServerConnection,
+        reason: str,
+        msg_id: Any,
+        *,
+        retry: bool = False,
+        log: bool = True,
+    ) -> None:
         self.stats.rejected += 1
-        logger.warning("rejected a message from %s: %s", _peer(websocket), reason)
-        data = {"reason": reason, "msg_id": msg_id if isinstance(msg_id, str) else None}
-        self._reply(websocket, _control("rejected", data))
+        if log:
+            logger.warning("rejected a message from %s: %s", _peer(websocket), reason)
+        self._reply(websocket, rejected(reason, msg_id if is_text(msg_id) else None, retry))
 
     # ----------------------------------------------------------------------- slow consumers
 
-    def _check_buffer(self, websocket: ServerConnection) -> None:
-        if websocket.transport.get_write_buffer_size() > self.buffer_cap:
-            self._evict(websocket)
+    def _check_buffers(self, targets: Any) -> None:
+        cap = self.buffer_cap
+        for websocket in [t for t in targets if t.transport.get_write_buffer_size() > cap]:
+            self._evict(websocket, f"more than {cap} bytes waiting to be sent")
 
-    def _evict(self, websocket: ServerConnection) -> None:
+    def _evict(self, websocket: ServerConnection, why: str) -> None:
         if websocket not in self._clients:  # already evicted, closing
             return
         self._forget(websocket)
         self.stats.evicted += 1
-        logger.warning(
-            "evicted %s: more than %d bytes waiting to be sent (slow consumer)",
-            _peer(websocket),
-            self.buffer_cap,
-        )
+        logger.warning("evicted %s: %s (slow consumer)", _peer(websocket), why)
         asyncio.get_running_loop().create_task(_close_slow_consumer(websocket))
 
     # ----------------------------------------------------------------------- subscribers
 
     async def _subscribe(
-        self, websocket: ServerConnection, client: _Client, data: dict[str, Any]
+        self, websocket: ServerConnection, client: Client, data: dict[str, Any]
     ) -> None:
-        run_id, since = data.get("run_id"), data.get("since")
-        if client.takes_everything:  # from now on it receives only what it subscribed to
-            client.takes_everything = False
-            self._every_run.discard(websocket)
+        run_id, since, epoch = data.get("run_id"), data.get("since"), data.get("epoch")
+        # Seqs from another database mean nothing here: such a client gets the run afresh.
+        recovered = None if epoch is None else epoch == self.store.epoch
+        if recovered is False and since is not None:
+            since = 0
+        self._routing.stop_everything(websocket, client)
         if since is not None:
-            await self._replay(websocket, client, run_id, since)
-            if websocket not in self._clients:  # it went away or was evicted meanwhile
+            outcome = await self._replay(websocket, client, run_id, since)
+            if outcome is not Outcome.DONE or websocket not in self._clients:
                 return
         # No await since the last flush (and the replay's last, empty page): every message
         # up to last_seq was sent to it or is stored for it; every later one comes live.
         self.flush()
         client.live_from.setdefault(run_id, self.store.last_id())
-        if run_id is None:
-            self._every_run.add(websocket)
-        else:
-            self._by_run.setdefault(run_id, set()).add(websocket)
-        last_seq = None if run_id is None else self.store.last_seq(run_id)
-        self._send(websocket, _control("replay_end", {"run_id": run_id, "last_seq": last_seq}))
+        self._routing.subscribe(websocket, run_id)
+        end = {
+            "run_id": run_id,
+            "last_seq": None if run_id is None else self.store.last_seq(run_id),
+            "epoch": self.store.epoch,
+            "recovered": recovered,
+        }
+        self._send(websocket, control("replay_end", end))
 
     async def _replay(
-        self, websocket: ServerConnection, client: _Client, run_id: str | None, since: int
-    ) -> None:
-        """Send the stored messages after ``since``, a page at a time, until none are left.
+        self, websocket: ServerConnection, client: Client, run_id: str | None, since: int
+    ) -> Outcome:
+        """Send the stored messages after ``since``, paced by the reader.
 
         A connection already live on these messages (through an earlier subscription to all
         runs, or to this run) gets only those stored before it went live: it has the others.
         """
         keys = (None,) if run_id is None else (None, run_id)
         starts = [client.live_from[key] for key in keys if key in client.live_from]
-        until_id = min(starts) if starts else None
-        after = 0
-        while True:
-            self.flush()  # every inserted message is committed and broadcast: none pending
-            page = self.store.replay_page(run_id, since, after, until_id, REPLAY_PAGE)
-            if not page:
-                return
-            after = page[-1][0]
-            for _, body in page[:-1]:
-                broadcast((websocket,), body)
-            self.stats.messages_out += len(page)
-            try:
-                await websocket.send(page[-1][1])  # waits until the socket drains
-            except ConnectionClosed:
-                return
+        outcome = await replay(
+            websocket,
+            self.store,
+            run_id=run_id,
+            since=since,
+            until_id=min(starts) if starts else None,
+            cap=self.buffer_cap,
+            flush=self.flush,
+            still_served=lambda: websocket in self._clients,
+            count=self._count_out,
+        )
+        if outcome is Outcome.STALLED:
+            self._evict(websocket, f"took nothing for {STALL_TIMEOUT:g} s during a replay")
+        elif outcome is Outcome.OVER_CAP:
+            self._evict(websocket, f"more than {self.buffer_cap} bytes waiting to be sent")
+        return outcome
 
-    def _unsubscribe(
-        self, websocket: ServerConnection, client: _Client, run_id: str | None
-    ) -> None:
-        client.live_from.pop(run_id, None)
-        if run_id is None:  # also ends the receive-everything of a never-subscribed one
-            client.takes_everything = False
-            self._every_run.discard(websocket)
-        else:
-            self._leave_run(websocket, run_id)
-
-    def _leave_run(self, websocket: ServerConnection, run_id: str) -> None:
-        subscribers = self._by_run.get(run_id)
-        if subscribers is not None:
-            subscribers.discard(websocket)
-            if not subscribers:  # finished runs do not cost the fan-out a lookup
-                del self._by_run[run_id]
+    def _count_out(self, sent: int) -> None:
+        self.stats.messages_out += sent
 
     def summary(self) -> dict[str, Any]:
         """Return the counters served on ``/stats``."""
@@ -381,22 +387,8 @@ async def _close_slow_consumer(websocket: ServerConnection) -> None:
         websocket.transport.abort()
 
 
-def _control(kind: str, data: dict[str, Any]) -> bytes:
-    return encode_message({"type": kind, "timestamp": utc_timestamp(), "data": data}).encode()
-
-
-def _ack(run_id: str, seq: int, msg_id: str | None) -> bytes:
-    return _control("ack", {"run_id": run_id, "seq": seq, "msg_id": msg_id})
-
-
-def _msg_id_of(frame: str) -> str | None:
-    """Best-effort msg_id of a refused frame, so its sender can match the rejection."""
-    try:
-        message = json.loads(frame)
-    except ValueError:
-        return None
-    msg_id = message.get("msg_id") if isinstance(message, dict) else None
-    return msg_id if isinstance(msg_id, str) else None
+def _store_failure(exc: sqlite3.Error) -> str:
+    return f"relay could not store the message ({exc}); send it again later"
 
 
 def _peer(websocket: ServerConnection) -> str:

@@ -1,28 +1,33 @@
-"""Start the relay, admit connections (origin, token), and shut it down cleanly.
+"""Start the relay, admit connections (origin, tokens), and shut it down cleanly.
 
-:func:`run_relay` opens the store, listens, prints one ready line, and serves until SIGINT or
-SIGTERM; then it stops accepting, commits, closes every client with 1001 (going away) and
-closes the store, all within :data:`SHUTDOWN_GRACE` seconds plus the abort of stragglers.
+:func:`run_relay` opens the store, loads the run summaries, listens (TLS with ``--certfile``),
+prints one ready line, and serves until SIGINT or SIGTERM; then it stops accepting, commits,
+closes every client with 1001 (going away) and closes the store, all within
+:data:`SHUTDOWN_GRACE` seconds plus the abort of stragglers.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import hmac
 import http
 import logging
 import signal
 import sqlite3
+import ssl
 from urllib.parse import parse_qs, urlsplit
 
 from websockets.asyncio.server import Server, ServerConnection, serve
-from websockets.datastructures import Headers, MultipleValuesError
+from websockets.datastructures import Headers
 from websockets.http11 import Request, Response
 
+from relay.access import Access, Gate
+from relay.clients import Role
 from relay.config import RelayConfig
-from relay.http import HttpRoutes, error_response
-from relay.hub import Hub, Role
+from relay.http import HttpRoutes
+from relay.hub import Hub
+from relay.responses import error_response
+from relay.runs import RunIndex
 from relay.store import MessageStore
 
 __all__ = ["RelayStartError", "run_relay"]
@@ -39,77 +44,62 @@ class RelayStartError(RuntimeError):
     """The relay cannot start; the text says why and what to change."""
 
 
-class Gate:
-    """Decides, at the WebSocket handshake, who may connect and who may publish.
-
-    Args:
-        token: the publisher token, or None when anyone may publish.
-        allowed_origins: browser origins allowed to connect; a client that sends no
-            ``Origin`` (not a browser) is always allowed.
-    """
-
-    def __init__(self, token: str | None, allowed_origins: set[str]) -> None:
-        self._token = token.encode() if token else None
-        self.allowed_origins = allowed_origins
-
-    def refusal(self, headers: Headers) -> Response | None:
-        """Return the HTTP error that refuses this handshake, or None to let it through."""
-        try:
-            origin = headers.get("Origin")
-        except MultipleValuesError:
-            return error_response(http.HTTPStatus.BAD_REQUEST, "more than one Origin header")
-        if origin is not None and origin not in self.allowed_origins:
-            return error_response(
-                http.HTTPStatus.FORBIDDEN,
-                f"origin {origin} is not allowed; start the relay with --allowed-origin {origin}",
-            )
-        if self._token is not None and "Authorization" in headers and not self.may_publish(headers):
-            return error_response(http.HTTPStatus.UNAUTHORIZED, "invalid publisher token")
-        return None
-
-    def may_publish(self, headers: Headers) -> bool:
-        """True when the relay has no token or the request presents it."""
-        if self._token is None:
-            return True
-        scheme, _, presented = headers.get("Authorization", "").partition(" ")
-        # compare_digest: the time taken does not reveal how much of the token matched.
-        return scheme.lower() == "bearer" and hmac.compare_digest(
-            presented.strip().encode(), self._token
-        )
-
-
-def open_store(config: RelayConfig) -> MessageStore:
-    """Open the configured database, or raise :class:`RelayStartError` saying why not."""
+def open_store(config: RelayConfig) -> tuple[MessageStore, RunIndex]:
+    """Open the database and load its run summaries, or raise :class:`RelayStartError`."""
     try:
-        return MessageStore(config.db)
+        store = MessageStore(config.db)
     except (OSError, sqlite3.Error) as exc:
         raise RelayStartError(
-            f"cannot open database {config.db}: {exc}; "
-            "pass another --db (writable, and not used by another relay)"
+            f"cannot open database {config.db}: {exc}; pass another --db (writable, on a disk "
+            "with free space, and not used by another relay)"
         ) from None
+    try:
+        return store, RunIndex.load(store)
+    except (sqlite3.Error, ValueError, KeyError) as exc:
+        store.close()
+        raise RelayStartError(
+            f"cannot read database {config.db}: {exc}; it may be damaged: pass another --db"
+        ) from None
+
+
+def tls_context(config: RelayConfig) -> ssl.SSLContext | None:
+    """The server's TLS context from ``--certfile``/``--keyfile`` (None: plain ws and http)."""
+    if config.certfile is None:
+        return None
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    try:
+        context.load_cert_chain(config.certfile, config.keyfile)
+    except (OSError, ssl.SSLError) as exc:
+        raise RelayStartError(
+            f"cannot load TLS certificate {config.certfile} with key {config.keyfile}: {exc}; "
+            "pass a PEM certificate chain and its private key"
+        ) from None
+    return context
 
 
 async def run_relay(config: RelayConfig) -> None:
     """Serve until SIGINT or SIGTERM, then shut down gracefully.
 
     Raises:
-        RelayStartError: the database cannot be opened or the address cannot be bound.
+        RelayStartError: the database, the certificate or the address cannot be used.
     """
-    store = open_store(config)
+    tls = tls_context(config)
+    store, runs = open_store(config)
     try:
-        hub = Hub(store, config.max_buffer_bytes)
-        routes = HttpRoutes(store, hub.summary)
-        gate = Gate(config.token, set(config.allowed_origins))
-        server = await _listen(config, hub, routes, gate)
+        gate = Gate(config.token, config.viewer_token, set(config.allowed_origins))
+        hub = Hub(store, runs, gate, config.max_buffer_bytes)
+        routes = HttpRoutes(store, runs, gate, hub.summary)
+        server = await _listen(config, tls, hub, routes, gate)
         port = server.sockets[0].getsockname()[1]
+        web, ws = ("https", "wss") if tls else ("http", "ws")
         gate.allowed_origins |= {
-            f"http://127.0.0.1:{port}",
-            f"http://localhost:{port}",
-            f"http://{config.host}:{port}",
+            f"{web}://127.0.0.1:{port}",
+            f"{web}://localhost:{port}",
+            f"{web}://{config.host}:{port}",
         }
         print(
-            f"fl-stream relay ready: ws://{config.host}:{port}  "
-            f"dashboard http://{config.host}:{port}/  (db {config.db})",
+            f"fl-stream relay ready: {ws}://{config.host}:{port}  "
+            f"dashboard {web}://{config.host}:{port}/  (db {config.db})",
             flush=True,
         )
         stopping = asyncio.Event()
@@ -123,17 +113,36 @@ async def run_relay(config: RelayConfig) -> None:
         store.close()
 
 
-async def _listen(config: RelayConfig, hub: Hub, routes: HttpRoutes, gate: Gate) -> Server:
-    def process_request(connection: ServerConnection, request: Request) -> Response | None:
-        if request.headers.get("Upgrade", "").lower() != "websocket":
-            return routes.respond(request)
-        return gate.refusal(request.headers)
+async def _listen(
+    config: RelayConfig, tls: ssl.SSLContext | None, hub: Hub, routes: HttpRoutes, gate: Gate
+) -> Server:
+    async def process_request(connection: ServerConnection, request: Request) -> Response | None:
+        try:
+            urlsplit(request.path)
+        except ValueError as exc:
+            return error_response(http.HTTPStatus.BAD_REQUEST, f"malformed URL: {exc}")
+        try:
+            refusal = gate.refuse_token_in_url(request)
+            if refusal is not None:
+                return refusal
+            if not _is_upgrade(request.headers):
+                return await routes.respond(request)
+            admitted = gate.handshake(request)
+            return admitted if isinstance(admitted, Response) else None
+        except Exception as exc:  # a last resort: one line in the log, a JSON 500
+            logger.error("could not answer a request (%s: %s)", type(exc).__name__, exc)
+            return error_response(
+                http.HTTPStatus.INTERNAL_SERVER_ERROR,
+                f"the relay could not answer this request ({type(exc).__name__})",
+            )
 
     async def handler(websocket: ServerConnection) -> None:
         request = websocket.request
         assert request is not None  # the handler runs after the handshake
+        admitted = gate.handshake(request)  # it let the handshake through: an Access
+        access = admitted if isinstance(admitted, Access) else gate.anonymous
         query = parse_qs(urlsplit(request.path).query, keep_blank_values=True)
-        await hub.handle(websocket, gate.may_publish(request.headers), Role.from_query(query))
+        await hub.handle(websocket, access, Role.from_query(query))
 
     try:
         return await serve(
@@ -141,6 +150,7 @@ async def _listen(config: RelayConfig, hub: Hub, routes: HttpRoutes, gate: Gate)
             config.host,
             config.port,
             process_request=process_request,
+            ssl=tls,
             compression=None,  # costs 2-3x CPU per delivery for little gain on small JSON
             max_size=config.max_message_bytes,
             close_timeout=SHUTDOWN_GRACE,
@@ -152,11 +162,20 @@ async def _listen(config: RelayConfig, hub: Hub, routes: HttpRoutes, gate: Gate)
         ) from None
 
 
+def _is_upgrade(headers: Headers) -> bool:
+    return any(value.lower() == "websocket" for value in headers.get_all("Upgrade"))
+
+
 async def _until_signal() -> None:
     loop = asyncio.get_running_loop()
-    stop = loop.create_future()
+    stop: asyncio.Future[None] = loop.create_future()
+
+    def request_stop() -> None:
+        if not stop.done():
+            stop.set_result(None)
+
     for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, lambda: stop.done() or stop.set_result(None))
+        loop.add_signal_handler(sig, request_stop)
     await stop
 
 

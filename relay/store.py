@@ -2,7 +2,12 @@
 
 The store numbers messages (``seq`` 1, 2, 3, ... per run, continuing after a restart), keeps
 the encoded frame exactly as it was broadcast, and answers the reads the relay needs: replay
-after a ``since``, duplicate look-ups by ``(run_id, msg_id)`` and run summaries.
+after a ``since``, duplicate look-ups by ``(run_id, msg_id)``, a run's messages for the HTTP
+API, and the rows the in-memory run summaries (``relay/runs.py``) are loaded from at start.
+
+Each database has an identity, its ``epoch``: a random id made when the database is created
+and kept in it. A client that remembers seqs from another database (the relay restarted on
+another or an emptied file) sees another epoch and knows its seqs mean nothing here.
 
 Writes are grouped: :meth:`MessageStore.append` inserts inside an open transaction and
 :meth:`MessageStore.commit` ends it. The relay commits once per batch, before it broadcasts or
@@ -12,23 +17,17 @@ acknowledges anything in that batch (see ``relay/hub.py``).
 from __future__ import annotations
 
 import fcntl
-import json
+import secrets
 import sqlite3
+import threading
+from collections.abc import Iterator
 from pathlib import Path
-from typing import IO, Any
+from typing import IO
 
-from fl_stream.monitor.protocol import (
-    CENTRALIZED,
-    DEFAULT_RUN,
-    FEDERATED,
-    EncodingError,
-    Message,
-    encode_message,
-    run_status,
-)
+from fl_stream.monitor.protocol import DEFAULT_RUN, EncodingError, Message, encode_message
 
 # DEFAULT_RUN (messages without run_id are filed there) is the protocol's, re-exported.
-__all__ = ["DEFAULT_RUN", "MessageStore"]
+__all__ = ["DEFAULT_RUN", "BatchLost", "MessageStore"]
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS messages (
@@ -43,11 +42,15 @@ CREATE TABLE IF NOT EXISTS messages (
 );
 CREATE UNIQUE INDEX IF NOT EXISTS messages_msg_id
     ON messages (run_id, msg_id) WHERE msg_id IS NOT NULL;
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
 
-# The message types that decide a run's mode and status in the run summaries.
-_MODE_TYPE = "training_mode"
-_END_TYPES = ("training_end", "error")
+
+class BatchLost(sqlite3.Error):
+    """A write failed and SQLite rolled back the whole open transaction (e.g. a full disk).
+
+    Every message appended since the last commit is gone, numbering included.
+    """
 
 
 class MessageStore:
@@ -55,6 +58,9 @@ class MessageStore:
 
     Args:
         path: the database file; its folder is created when missing.
+
+    Attributes:
+        epoch: this database's identity (random, made with the database, kept in it).
 
     Raises:
         OSError: the folder cannot be created.
@@ -67,16 +73,32 @@ class MessageStore:
         self._lock = _lock_exclusively(self.path.with_name(self.path.name + ".lock"))
         # isolation_level=None: transactions are opened and closed here, explicitly.
         self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        # NORMAL in WAL mode: a commit survives a crash of the relay; only a power loss
-        # may lose the last transactions, and the database stays consistent either way.
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        # Checkpoints (which fsync) run in a worker thread, see checkpoint(), so the event
-        # loop that commits never waits for the disk.
-        self._db.execute("PRAGMA wal_autocheckpoint=0")
+        try:
+            self._db.execute("PRAGMA journal_mode=WAL")
+            # NORMAL in WAL mode: a commit survives a crash of the relay; only a power loss
+            # may lose the last transactions, and the database stays consistent either way.
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            # Checkpoints (which fsync) run in a worker thread, see checkpoint(), so the
+            # event loop that commits never waits for the disk.
+            self._db.execute("PRAGMA wal_autocheckpoint=0")
+            self._db.executescript(_SCHEMA)
+            self._db.execute(
+                "INSERT OR IGNORE INTO meta (key, value) VALUES ('epoch', ?)",
+                (secrets.token_hex(8),),
+            )
+            self.epoch: str = self._db.execute(
+                "SELECT value FROM meta WHERE key = 'epoch'"
+            ).fetchone()[0]
+        except sqlite3.Error:
+            self._db.close()
+            self._lock.close()
+            raise
         self._checkpointer: sqlite3.Connection | None = None
-        self._db.executescript(_SCHEMA)
+        self._readers: list[sqlite3.Connection] = []
+        self._reader = threading.local()
+        self._readers_lock = threading.Lock()
         self._in_transaction = False
+        self._uncommitted: set[tuple[str, str]] = set()  # (run_id, msg_id) appended, not committed
         self._last_seq: dict[str, int] = {}
         self._load_last_seq()
 
@@ -96,7 +118,8 @@ class MessageStore:
         Raises:
             fl_stream.monitor.protocol.EncodingError: not encodable (e.g. a NaN float
                 in custom data).
-            sqlite3.Error: the database refused the write.
+            BatchLost: the write failed and took the open transaction with it.
+            sqlite3.Error: the database refused this write only.
         """
         run_id = message.setdefault("run_id", DEFAULT_RUN)
         seq = self._last_seq.get(run_id, 0) + 1
@@ -106,15 +129,25 @@ class MessageStore:
         except ValueError as exc:
             del message["seq"]
             raise _encoding_error(exc) from None
-        if not self._in_transaction:
-            self._db.execute("BEGIN")
-            self._in_transaction = True
-        self._db.execute(
-            "INSERT INTO messages (run_id, seq, msg_id, type, timestamp, body)"
-            " VALUES (?, ?, ?, ?, ?, ?)",
-            (run_id, seq, message.get("msg_id"), message["type"], message["timestamp"], body),
-        )
+        msg_id = message.get("msg_id")
+        try:
+            if not self._in_transaction:
+                self._db.execute("BEGIN")
+                self._in_transaction = True
+            self._db.execute(
+                "INSERT INTO messages (run_id, seq, msg_id, type, timestamp, body)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                (run_id, seq, msg_id, message["type"], message["timestamp"], body),
+            )
+        except sqlite3.Error as exc:
+            del message["seq"]
+            if not self._db.in_transaction:  # SQLite rolled the whole transaction back
+                self._forget_transaction()
+                raise BatchLost(str(exc)) from None
+            raise
         self._last_seq[run_id] = seq
+        if msg_id is not None:
+            self._uncommitted.add((run_id, msg_id))
         return run_id, seq, body.encode()
 
     def commit(self) -> None:
@@ -132,12 +165,17 @@ class MessageStore:
             self.rollback()
             raise
         self._in_transaction = False
+        self._uncommitted.clear()
 
     def rollback(self) -> None:
         """Drop the messages appended since the last commit and their numbers."""
         if self._db.in_transaction:
             self._db.execute("ROLLBACK")
+        self._forget_transaction()
+
+    def _forget_transaction(self) -> None:
         self._in_transaction = False
+        self._uncommitted.clear()
         self._load_last_seq()
 
     def checkpoint(self) -> None:
@@ -155,19 +193,23 @@ class MessageStore:
         try:
             self.commit()
         finally:
-            if self._checkpointer is not None:
-                self._checkpointer.close()
+            for reader in [self._checkpointer, *self._readers]:
+                if reader is not None:
+                    reader.close()
             self._db.close()
             self._lock.close()
 
     # ----------------------------------------------------------------------- reads
 
-    def find_seq(self, run_id: str, msg_id: str) -> int | None:
-        """Return the seq already given to ``(run_id, msg_id)``, or None if it is new."""
+    def find_seq(self, run_id: str, msg_id: str) -> tuple[int, bool] | None:
+        """Return ``(seq, committed)`` for ``(run_id, msg_id)``, or None if it is new.
+
+        ``committed`` is False while the message waits for the next :meth:`commit`.
+        """
         row = self._db.execute(
             "SELECT seq FROM messages WHERE run_id = ? AND msg_id = ?", (run_id, msg_id)
         ).fetchone()
-        return row[0] if row else None
+        return (row[0], (run_id, msg_id) not in self._uncommitted) if row else None
 
     def last_seq(self, run_id: str) -> int:
         """Return the highest seq of ``run_id`` (0 for a run with no messages)."""
@@ -201,69 +243,44 @@ class MessageStore:
         return self._db.execute("SELECT COALESCE(MAX(id), 0) FROM messages").fetchone()[0]
 
     def run_bodies(self, run_id: str, since: int = 0) -> list[str]:
-        """Return the encoded messages of ``run_id`` with ``seq > since``, in seq order."""
-        rows = self._db.execute(
+        """Return the committed messages of ``run_id`` with ``seq > since``, in seq order.
+
+        Meant for worker threads, so a long read never holds up the event loop: each thread
+        reads through a connection of its own.
+        """
+        rows = self._thread_reader().execute(
             "SELECT body FROM messages WHERE run_id = ? AND seq > ? ORDER BY seq",
             (run_id, since),
         )
         return [body for (body,) in rows]
 
-    def runs(self) -> list[dict[str, Any]]:
-        """Summarise every run, the most recently active first.
+    def _thread_reader(self) -> sqlite3.Connection:
+        reader: sqlite3.Connection | None = getattr(self._reader, "db", None)
+        if reader is None:
+            reader = sqlite3.connect(self.path, check_same_thread=False)
+            with self._readers_lock:
+                self._readers.append(reader)
+            self._reader.db = reader
+        return reader
 
-        Each summary has ``run_id``, ``mode`` (the protocol's ``FEDERATED``, ``CENTRALIZED``
-        or None), ``status`` (:func:`fl_stream.monitor.protocol.run_status`: ``RUNNING``,
-        then one of ``RUN_STATUSES``), ``first_timestamp``, ``last_timestamp``,
-        ``message_count`` and ``last_seq``.
+    def run_rows(self) -> list[tuple[str, int, int, int, str, str]]:
+        """Every run as ``(run_id, message_count, last_seq, last_id, first_ts, last_ts)``.
+
+        Ordered by ``last_id`` (the row id of its newest message), oldest activity first.
         """
-        return self._summaries("", ())
-
-    def run_summary(self, run_id: str) -> dict[str, Any] | None:
-        """Summarise one run as :meth:`runs` does, or return None for an unknown run."""
-        found = self._summaries("WHERE run_id = ?", (run_id,))
-        return found[0] if found else None
-
-    def _summaries(self, where: str, params: tuple[str, ...]) -> list[dict[str, Any]]:
-        rows = self._db.execute(
-            f"SELECT run_id, COUNT(*), MIN(seq), MAX(seq) FROM messages {where}"
-            " GROUP BY run_id ORDER BY MAX(id) DESC",
-            params,
+        return self._db.execute(
+            "SELECT run_id, COUNT(*), MAX(seq), MAX(id),"
+            " (SELECT timestamp FROM messages f WHERE f.run_id = m.run_id ORDER BY seq LIMIT 1),"
+            " (SELECT timestamp FROM messages l WHERE l.run_id = m.run_id"
+            "  ORDER BY seq DESC LIMIT 1)"
+            " FROM messages m GROUP BY run_id ORDER BY MAX(id)"
         ).fetchall()
-        return [self._summary(*row) for row in rows]
 
-    def run_end(self, run_id: str) -> Message | None:
-        """Return the run's last ``training_end`` or ``error`` message, if any."""
-        row = self._db.execute(
-            "SELECT body FROM messages WHERE run_id = ? AND type IN (?, ?)"
-            " ORDER BY seq DESC LIMIT 1",
-            (run_id, *_END_TYPES),
-        ).fetchone()
-        return json.loads(row[0]) if row else None
-
-    def _summary(self, run_id: str, count: int, first: int, last: int) -> dict[str, Any]:
-        return {
-            "run_id": run_id,
-            "mode": self._mode(run_id),
-            "status": run_status(self.run_end(run_id)),
-            "first_timestamp": self._timestamp(run_id, first),
-            "last_timestamp": self._timestamp(run_id, last),
-            "message_count": count,
-            "last_seq": last,
-        }
-
-    def _timestamp(self, run_id: str, seq: int) -> str:
-        query = "SELECT timestamp FROM messages WHERE run_id = ? AND seq = ?"
-        return self._db.execute(query, (run_id, seq)).fetchone()[0]
-
-    def _mode(self, run_id: str) -> str | None:
-        row = self._db.execute(
-            # A run declares its mode at its start: the first one is found at once.
-            "SELECT body FROM messages WHERE run_id = ? AND type = ? ORDER BY seq LIMIT 1",
-            (run_id, _MODE_TYPE),
-        ).fetchone()
-        if row is None:
-            return None
-        return FEDERATED if json.loads(row[0])["data"]["is_federated"] else CENTRALIZED
+    def bodies_of_types(self, *types: str) -> Iterator[tuple[str, str]]:
+        """``(run_id, body)`` of every stored message of one of ``types``, in storage order."""
+        marks = ", ".join("?" * len(types))
+        query = f"SELECT run_id, body FROM messages WHERE type IN ({marks}) ORDER BY id"
+        yield from self._db.execute(query, types)
 
 
 def _lock_exclusively(path: Path) -> IO[str]:

@@ -9,22 +9,32 @@ Everything here uses real sockets on 127.0.0.1 with bounded waits:
   connection and collects every message it receives.
 - :func:`publish`: send messages from a one-off publisher connection and collect the relay's
   replies (``ack`` / ``rejected``), one per message.
-- :func:`get_json` / :func:`http_get`: plain HTTP requests to the relay.
+- :func:`get_json` / :func:`http_get` / :func:`http_request`: plain HTTP requests to the relay
+  (the last one with any headers, repeated ones included).
+- :func:`raw_client`: a WebSocket client on a bare socket, for what a well-behaved client
+  cannot do: never read (a stalled dashboard), send invalid UTF-8 or any frame at all.
+- :func:`rss_kib`: a process's resident memory, from ``/proc``.
 """
 
 from __future__ import annotations
 
+import base64
+import http.client
 import json
+import os
+import socket
 import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import ClientConnection, connect
 
+from fl_stream.monitor.protocol import CONTROL_TYPES
 from scripts.localrun import RelayProcess, free_port
 
 # The relay process and free ports come from the package, re-exported for the tests.
@@ -35,7 +45,11 @@ __all__ = [
     "free_port",
     "get_json",
     "http_get",
+    "http_request",
     "publish",
+    "raw_client",
+    "rss_kib",
+    "ws_frame",
 ]
 
 Message = dict[str, Any]
@@ -63,6 +77,83 @@ def get_json(url: str, timeout: float = WAIT_TIMEOUT) -> Any:
     if status != 200:
         raise AssertionError(f"GET {url} answered {status}: {body[:300]!r}")
     return json.loads(body)
+
+
+def http_request(
+    port: int,
+    path: str,
+    headers: Sequence[tuple[str, str]] = (),
+    timeout: float = WAIT_TIMEOUT,
+) -> tuple[int, dict[str, str], bytes]:
+    """GET ``path`` on 127.0.0.1:``port`` with exactly ``headers`` (a name may repeat)."""
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    try:
+        connection.putrequest("GET", path, skip_accept_encoding=True)
+        for name, value in headers:
+            connection.putheader(name, value)
+        connection.endheaders()
+        reply = connection.getresponse()
+        return reply.status, dict(reply.getheaders()), reply.read()
+    finally:
+        connection.close()
+
+
+def rss_kib(pid: int) -> int:
+    """The resident memory of process ``pid`` in KiB (``VmRSS`` of ``/proc/<pid>/status``)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise AssertionError(f"no VmRSS for process {pid}")
+
+
+# --------------------------------------------------------------------------- raw sockets
+
+
+def ws_frame(payload: bytes, opcode: int = 0x1) -> bytes:
+    """One masked client frame (text by default) carrying ``payload``, any bytes at all."""
+    mask = os.urandom(4)
+    length = len(payload)
+    if length < 126:
+        head = bytes([0x80 | opcode, 0x80 | length])
+    elif length < 1 << 16:
+        head = bytes([0x80 | opcode, 0x80 | 126]) + length.to_bytes(2, "big")
+    else:
+        head = bytes([0x80 | opcode, 0x80 | 127]) + length.to_bytes(8, "big")
+    masked = bytes(byte ^ mask[i % 4] for i, byte in enumerate(payload))
+    return head + mask + masked
+
+
+def raw_client(
+    port: int,
+    path: str = "/",
+    frames: Iterable[Message] = (),
+    receive_buffer: int | None = 4096,
+) -> socket.socket:
+    """A WebSocket client on a bare socket: it completes the handshake, sends ``frames``, and
+    reads nothing more unless the caller does (a stalled dashboard: a small receive buffer
+    fills fast; None leaves the kernel's default).
+    """
+    sock = socket.create_connection(("127.0.0.1", port), timeout=WAIT_TIMEOUT)
+    if receive_buffer is not None:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer)
+    key = base64.b64encode(os.urandom(16)).decode()
+    sock.sendall(
+        f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\n"
+        f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
+        "Sec-WebSocket-Version: 13\r\n\r\n".encode()
+    )
+    head = b""
+    while not head.endswith(b"\r\n\r\n"):  # a byte at a time: the frames after it stay unread
+        byte = sock.recv(1)
+        if not byte:
+            break
+        head += byte
+    if not head.startswith(b"HTTP/1.1 101"):
+        sock.close()
+        raise AssertionError(f"the relay refused the WebSocket handshake for {path}: {head!r}")
+    for message in frames:
+        sock.sendall(ws_frame(json.dumps(message).encode()))
+    return sock
 
 
 # --------------------------------------------------------------------------- clients
@@ -147,11 +238,19 @@ class ListeningClient:
         self.connection.send(message if isinstance(message, str) else json.dumps(message))
 
     def subscribe(
-        self, run_id: str | None, since: int | None = None, timeout: float = WAIT_TIMEOUT
+        self,
+        run_id: str | None,
+        since: int | None = None,
+        timeout: float = WAIT_TIMEOUT,
+        epoch: str | None = None,
     ) -> list[Message]:
-        """Subscribe and wait for the ``replay_end`` that confirms it; return all messages."""
+        """Subscribe and wait for the ``replay_end`` that confirms it; return all messages.
+
+        ``epoch``, when given, is the relay database's identity the caller's seqs come from.
+        """
         ends_before = len(self.of_type("replay_end"))
-        self.send(control("subscribe", run_id=run_id, since=since))
+        extra = {} if epoch is None else {"epoch": epoch}
+        self.send(control("subscribe", run_id=run_id, since=since, **extra))
         return self.wait_for(lambda msgs: len(_of_type(msgs, "replay_end")) > ends_before, timeout)
 
     def wait_for(
@@ -212,7 +311,7 @@ class ListeningClient:
         self.close()
 
 
-CONTROL = {"ack", "rejected", "replay_end", "pong"}
+CONTROL = set(CONTROL_TYPES)
 
 
 def _of_type(messages: Iterable[Message], *message_types: str) -> list[Message]:

@@ -294,9 +294,106 @@ def test_custom_types_and_control_types_are_accepted() -> None:
         "data": {"run_id": "r", "seq": 3, "msg_id": "s-1"},
     }
     assert validate_message(ack) is ack
-    assert {"subscribe", "unsubscribe", "ping", "ack", "rejected", "replay_end", "pong"} == set(
-        CONTROL_TYPES
-    )
+    assert set(CONTROL_TYPES) == {
+        "auth",
+        "subscribe",
+        "unsubscribe",
+        "ping",
+        "authenticated",
+        "ack",
+        "rejected",
+        "replay_end",
+        "pong",
+        "run_summary",
+    }
+    assert protocol.CLIENT_CONTROL_TYPES == {"auth", "subscribe", "unsubscribe", "ping"}
+
+
+SUMMARY = {
+    "run_id": "r",
+    "mode": "federated",
+    "status": "running",
+    "first_timestamp": "2026-01-01T00:00:00+00:00",
+    "last_timestamp": "2026-01-01T00:01:00+00:00",
+    "message_count": 3,
+    "last_seq": 3,
+}
+
+
+@pytest.mark.parametrize(
+    ("message_type", "data"),
+    [
+        ("auth", {"token": "t"}),
+        ("authenticated", {"can_publish": False}),
+        ("subscribe", {"run_id": "r", "since": 4, "epoch": "5f2c"}),
+        ("replay_end", {"run_id": "r", "last_seq": 4, "epoch": "5f2c", "recovered": False}),
+        ("replay_end", {"run_id": None, "last_seq": None, "epoch": "5f2c", "recovered": None}),
+        ("rejected", {"reason": "disk full", "msg_id": "m-1", "retry": True}),
+        ("run_summary", SUMMARY),
+        ("run_summary", {**SUMMARY, "mode": None, "status": "early_stopped"}),
+    ],
+)
+def test_the_control_types_of_auth_epochs_and_run_summaries(message_type: str, data: dict) -> None:
+    message = {"type": message_type, "timestamp": "2026-01-01T00:00:00Z", "data": data}
+    assert validate_message(message) is message
+
+
+@pytest.mark.parametrize(
+    ("fields", "error"),
+    [
+        ({"run_id": "\ud800"}, r"^run_id: not valid Unicode text"),
+        ({"msg_id": "m-\udfff"}, r"^msg_id: not valid Unicode text"),
+        ({"type": "epoch_end\ud800"}, r"^type: not valid Unicode text"),
+        ({"timestamp": "2026-01-01\ud80000:00:00"}, r"^timestamp: .* is not ISO-8601"),
+        ({"type": "subscribe", "data": {"run_id": "\ud800"}}, r"^data\.run_id: not valid Unicode"),
+        ({"type": "subscribe", "data": {"epoch": "\ud800"}}, r"^data\.epoch: not valid Unicode"),
+        (
+            {"type": "training_end", "data": {**VALID_DATA["training_end"], "run_id": "\ud800"}},
+            r"^data\.run_id: not valid Unicode",
+        ),
+    ],
+)
+def test_ids_types_and_timestamps_must_be_encodable_text(fields: dict, error: str) -> None:
+    # A lone surrogate is valid JSON ("\ud800") but no UTF-8: SQLite could not bind it.
+    message = {"type": "x", "timestamp": "2026-01-01T00:00:00Z", "data": {}, **fields}
+    with pytest.raises(MessageError, match=error):
+        validate_message(message)
+
+
+@pytest.mark.parametrize(
+    ("data", "error"),
+    [
+        ({"since": 2**63}, r"^data\.since: 9223372036854775808 is out of range"),
+        ({"since": -(2**63) - 1}, r"^data\.since: -9223372036854775809 is out of range"),
+        ({"since": 10**5000}, r"^data\.since: an integer of 16610 bits is out of range"),
+    ],
+)
+def test_integers_must_fit_in_64_bits(data: dict, error: str) -> None:
+    message = {"type": "subscribe", "timestamp": "2026-01-01T00:00:00Z", "data": data}
+    with pytest.raises(MessageError, match=error):
+        validate_message(message)
+
+
+def test_the_64_bit_limits_themselves_are_valid() -> None:
+    for since in (protocol.INT64_MIN, protocol.INT64_MAX):
+        validate_message(
+            {"type": "subscribe", "timestamp": "2026-01-01T00:00:00Z", "data": {"since": since}}
+        )
+    with pytest.raises(MessageError, match=r"^data\.epoch: an integer of"):
+        make_message("epoch_end", {**VALID_DATA["epoch_end"], "epoch": 10**5000})
+
+
+def test_decode_refuses_numbers_with_too_many_digits_and_deep_nesting() -> None:
+    head = '{"type": "x", "timestamp": "2026-01-01T00:00:00Z", "data": '
+    with pytest.raises(MessageError, match=r"^message: a number has too many digits"):
+        decode_message(head + '{"n": 1' + "0" * 5000 + "}}")
+    for deep in ("[" * 10_000 + "]" * 10_000, '{"a":' * 10_000 + "1" + "}" * 10_000):
+        with pytest.raises(MessageError, match=r"^message: nested deeper than 32 levels"):
+            decode_message(deep)
+    within = '{"a":' * (protocol.MAX_NESTING - 2) + "{}" + "}" * (protocol.MAX_NESTING - 2)
+    assert decode_message(head + within + "}")["type"] == "x"  # exactly 32 levels
+    with pytest.raises(MessageError, match=r"nested deeper than 32"):
+        decode_message(head + '{"a":' + within + "}}")
 
 
 @pytest.mark.parametrize("text", ["{", b"\xff", "[1, 2]", '{"type": "x"}'])

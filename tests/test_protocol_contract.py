@@ -18,7 +18,8 @@ from pathlib import Path
 import pytest
 
 from fl_stream.monitor import protocol
-from tests.support import RelayProcess, get_json
+from fl_stream.monitor.checks import check_fields
+from tests.support import RelayProcess, get_json, publish
 
 REPO = Path(__file__).resolve().parents[1]
 STATIC = REPO / "relay" / "static"
@@ -47,6 +48,16 @@ def _declared_values() -> set[str]:
 
 def test_the_relay_serves_exactly_what_the_protocol_declares(relay: RelayProcess) -> None:
     assert get_json(f"{relay.http_url}/api/protocol") == protocol.describe()
+
+
+def test_the_relays_run_summaries_have_the_declared_shape(relay: RelayProcess) -> None:
+    message = {"type": "custom", "timestamp": "2026-01-01T00:00:00Z", "data": {}, "run_id": "r"}
+    assert publish(relay.ws_url, [message])[0]["type"] == "ack"
+    [summary] = get_json(f"{relay.http_url}/api/runs")["runs"]
+    required, optional = protocol.RUN_SUMMARY
+    assert set(required) <= set(summary) <= set(required) | set(optional)
+    check_fields(summary, *protocol.RUN_SUMMARY)
+    assert protocol.CONTROL_TYPES["run_summary"] == protocol.RUN_SUMMARY  # the same shape
 
 
 def test_the_document_is_plain_json() -> None:

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
-import base64
+import datetime
+import ipaddress
 import json
-import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -20,7 +22,8 @@ import pytest
 from websockets.exceptions import InvalidStatus
 from websockets.sync.client import connect
 
-from fl_stream.monitor.protocol import make_message
+from fl_stream.monitor.protocol import make_message, validate_message
+from relay.replay import STALL_TIMEOUT
 from tests.support import (
     ListeningClient,
     RelayProcess,
@@ -28,7 +31,9 @@ from tests.support import (
     free_port,
     get_json,
     http_get,
+    http_request,
     publish,
+    raw_client,
 )
 
 TIMESTAMP = "2026-01-01T00:00:00+00:00"
@@ -179,7 +184,16 @@ def bad(message_type: Any = "custom", data: Any = None, **fields: Any) -> str:
     return json.dumps({key: value for key, value in message.items() if value is not ...})
 
 
+def nested(levels: int) -> Any:
+    """An object nested ``levels`` deep: ``{"a": {"a": ... {}}}``."""
+    value: Any = {}
+    for _ in range(levels - 1):
+        value = {"a": value}
+    return value
+
+
 VAL = {"epoch": 1, "phase": "val"}
+MODE = {"is_federated": True, "num_rounds": 2, "num_clients": 3}
 # (case, frame, words of the error). The case name is also the run_id of its messages.
 BAD_INPUTS: list[tuple[str, str | bytes, str]] = [
     ("not-json", "{this is not json", "not valid JSON"),
@@ -207,7 +221,20 @@ BAD_INPUTS: list[tuple[str, str | bytes, str]] = [
     ),
     ("NaN-literal", bad(data={"x": 1}).replace('{"x": 1}', '{"x": NaN}'), '"NaN"'),
     ("control-type", bad("ack", {"run_id": "r", "seq": 1}), "sent by the relay"),
+    ("pong-to-relay", bad("pong"), "sent by the relay"),
     ("binary-frame", bad().encode(), "binary frames"),
+    # Each of these crashed the handler (1011 and a traceback) before the validator knew them.
+    ("int-5001-digits", bad(data={"n": 1}).replace('"n": 1', '"n": 1' + "0" * 5000), "digits"),
+    ("nested-10000", "[" * 10_000 + "]" * 10_000, "nested deeper than 32 levels"),
+    ("nested-33", bad(data=nested(32)), "nested deeper than 32 levels"),  # with the envelope
+    ("surrogate-run_id", bad(run_id="\ud800"), "run_id: not valid Unicode"),
+    ("surrogate-msg_id", bad(msg_id="x\udfff"), "msg_id: not valid Unicode"),
+    ("surrogate-type", bad("\ud800"), "type: not valid Unicode"),
+    ("surrogate-timestamp", bad(timestamp="2026-01-01\ud80000:00:00"), "timestamp: "),
+    ("surrogate-subscribe", bad("subscribe", {"run_id": "\ud800"}), "data.run_id: not valid"),
+    ("since-2**63", bad("subscribe", {"since": 2**63}), "data.since: 9223372036854775808 is out"),
+    ("since--2**63-1", bad("subscribe", {"since": -(2**63) - 1}), "data.since: -92233720368"),
+    ("auth-without-token", bad("auth", {}), "data.token: missing"),
 ]
 
 
@@ -225,6 +252,7 @@ def test_bad_input_is_refused_and_changes_nothing(
     )
     good = epoch_end(run, 1)
     total = stored_total(shared_relay)
+    lines_before = len(shared_relay.log_text().splitlines())
     with ListeningClient(shared_relay.ws_url, run_id=None, since=None, subscribe=True) as dashboard:
         replies = publish(shared_relay.ws_url, [bad, good])
         received = dashboard.wait_for(lambda msgs: any(m.get("run_id") == run for m in msgs))
@@ -235,7 +263,9 @@ def test_bad_input_is_refused_and_changes_nothing(
     stored = get_json(f"{shared_relay.http_url}/api/runs/{quote(run)}/metrics")["messages"]
     assert stored == [{**good, "seq": 1}]  # nothing bad stored, in this run or any other
     assert stored_total(shared_relay) == total + 1
-    assert replies[0]["data"]["reason"] in shared_relay.log_text()  # a log line says why
+    new_lines = shared_relay.log_text().splitlines()[lines_before:]
+    assert len(new_lines) == 1 and replies[0]["data"]["reason"] in new_lines[0]  # one says why
+    assert "Traceback" not in shared_relay.log_text()
 
 
 def test_oversized_frame_closes_only_that_connection_with_1009(relay_factory: Any) -> None:
@@ -361,18 +391,9 @@ def test_killed_relay_keeps_every_acknowledged_message(relay: RelayProcess) -> N
 # --------------------------------------------------------------------------- slow consumers
 
 
-def stalled_subscriber(port: int) -> socket.socket:
-    """A raw WebSocket client that completes the handshake and then never reads."""
-    sock = socket.create_connection(("127.0.0.1", port), timeout=10)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # a small window fills fast
-    key = base64.b64encode(os.urandom(16)).decode()
-    sock.sendall(
-        f"GET / HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\n"
-        f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
-        "Sec-WebSocket-Version: 13\r\n\r\n".encode()
-    )
-    assert sock.recv(12) == b"HTTP/1.1 101"
-    return sock
+def stalled_subscriber(port: int, *frames: dict[str, Any]) -> socket.socket:
+    """A raw WebSocket client that completes the handshake, sends ``frames``, never reads."""
+    return raw_client(port, "/?subscribe" if frames else "/", frames)
 
 
 def test_stalled_subscriber_is_evicted_while_a_healthy_one_keeps_receiving(
@@ -394,6 +415,29 @@ def test_stalled_subscriber_is_evicted_while_a_healthy_one_keeps_receiving(
         stats = get_json(f"{relay.http_url}/stats")
     assert stats["evicted"] == 1
     assert "slow consumer" in relay.log_text()
+
+
+def test_a_dashboard_that_stops_reading_during_a_replay_is_evicted(relay_factory: Any) -> None:
+    # A replay used to write whole pages past the cap and then wait, unbounded, for a
+    # socket that never drained: the relay's memory grew and the client was never evicted.
+    cap = 256 * 1024
+    relay = relay_factory(args=["--max-buffer-bytes", str(cap)])
+    pad = "x" * 30_000
+    total = 400  # 12 MB: more than the kernel buffers of one socket take
+    publish(
+        relay.ws_url, [make_message("custom", {"pad": pad}, run_id="big") for _ in range(total)]
+    )
+    started = time.monotonic()
+    with stalled_subscriber(relay.port, control("subscribe", run_id="big", since=0)):
+        with ListeningClient(relay.ws_url, run_id="big", since=0, timeout=30) as healthy:
+            assert seqs(healthy.messages) == list(range(1, total + 1))
+        deadline = started + STALL_TIMEOUT + 10
+        while not get_json(f"{relay.http_url}/stats")["evicted"] and time.monotonic() < deadline:
+            time.sleep(0.1)
+        evicted_after = time.monotonic() - started
+    assert get_json(f"{relay.http_url}/stats")["evicted"] == 1
+    assert evicted_after < STALL_TIMEOUT + 10
+    assert "during a replay (slow consumer)" in relay.log_text()
 
 
 # --------------------------------------------------------------------------- HTTP
@@ -484,12 +528,23 @@ def test_api_runs_summarises_each_run_newest_first(relay: RelayProcess) -> None:
         ("/static/../store.py", 404, "application/json; charset=utf-8"),
         ("/static/%2e%2e/store.py", 404, "application/json; charset=utf-8"),
         ("/no/such/path", 404, "application/json; charset=utf-8"),
+        # Each of these answered 500 with a traceback in the log before.
+        ("/static/%00", 404, "application/json; charset=utf-8"),
+        ("/static/x%00.js", 404, "application/json; charset=utf-8"),
+        ("/static/" + "a" * 300, 404, "application/json; charset=utf-8"),
+        (f"/api/runs/nobody/metrics?since={2**63}", 400, "application/json; charset=utf-8"),
+        (f"/api/runs/nobody/metrics?since={2**64}", 400, "application/json; charset=utf-8"),
+        (f"/api/runs/nobody/metrics?since={-(2**64)}", 400, "application/json; charset=utf-8"),
+        ("/api/runs/nobody/metrics?since=" + "9" * 5000, 400, "application/json; charset=utf-8"),
+        ("/?token=s3cret", 400, "application/json; charset=utf-8"),
     ],
 )
 def test_http_endpoint(
     shared_relay: RelayProcess, path: str, status: int, content_type: str
 ) -> None:
+    log_before = len(shared_relay.log_text())
     code, headers, body = http_get(shared_relay.http_url + path)
+    assert "Traceback" not in shared_relay.log_text()[log_before:]
     assert code == status
     assert headers.get_all("Content-Type") == [content_type]  # exactly one header
     if content_type.startswith("application/json"):
@@ -499,8 +554,32 @@ def test_http_endpoint(
         assert b"plotly" in body[:2000].lower()
 
 
+def test_repeated_headers_and_malformed_urls_get_a_400_not_a_500(
+    shared_relay: RelayProcess,
+) -> None:
+    upgrade = [
+        ("Upgrade", "websocket"),
+        ("Connection", "Upgrade"),
+        ("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ=="),
+        ("Sec-WebSocket-Version", "13"),
+    ]
+    twice = [("Authorization", "Bearer a"), ("Authorization", "Bearer b")]
+    for path, headers, error in [
+        ("/api/runs", twice, "more than one Authorization header"),
+        ("/", [*upgrade, *twice], "more than one Authorization header"),
+        ("/", [*upgrade, ("Origin", "http://a"), ("Origin", "http://b")], "more than one Origin"),
+        ("//[x/healthz", [], "malformed URL"),
+        ("//[x/", upgrade, "malformed URL"),
+    ]:
+        status, _, body = http_request(shared_relay.port, path, headers)
+        assert status == 400, body
+        assert error in json.loads(body)["error"]
+    assert "Traceback" not in shared_relay.log_text()
+
+
 def test_healthz_stats_and_favicon(relay: RelayProcess) -> None:
-    assert get_json(f"{relay.http_url}/healthz") == {"status": "ok"}
+    health = get_json(f"{relay.http_url}/healthz")
+    assert health == {"status": "ok", "epoch": health["epoch"]}
     assert http_get(f"{relay.http_url}/favicon.ico")[0] in (200, 204)
     with ListeningClient(relay.ws_url):
         publish(relay.ws_url, [epoch_end("run", 1), "junk"])
@@ -535,6 +614,209 @@ def test_stats_count_publishers_and_send_them_nothing(relay: RelayProcess) -> No
     assert (after["connections"], after["publishers"], after["connections_total"]) == (0, 0, 3)
 
 
+def test_api_runs_lists_1000_runs_from_memory_within_50_ms(relay: RelayProcess) -> None:
+    publish(relay.ws_url, [epoch_end(f"run-{i:04}", 1) for i in range(1000)])
+    timings = []
+    for _ in range(5):
+        started = time.perf_counter()
+        runs = get_json(f"{relay.http_url}/api/runs")["runs"]
+        timings.append(time.perf_counter() - started)
+    assert [r["run_id"] for r in runs] == [f"run-{i:04}" for i in reversed(range(1000))]
+    assert sorted(timings)[2] <= 0.05, timings  # the median, HTTP round trip included
+
+
+def test_a_seed_format_run_is_found_by_its_training_end_run_id(relay: RelayProcess) -> None:
+    # The original design: no top-level run_id (filed under the default run), and its
+    # training_end names the run with an integer.
+    seed = [
+        {"type": "training_mode", "timestamp": TIMESTAMP, "data": MODE},
+        {"type": "epoch_end", "timestamp": TIMESTAMP, "data": {**VAL, "metrics": METRICS}},
+        {
+            "type": "training_end",
+            "timestamp": TIMESTAMP,
+            "data": {"run_id": 42, "status": "completed", "final_metrics": METRICS},
+        },
+    ]
+    assert [r["type"] for r in publish(relay.ws_url, seed)] == ["ack"] * 3
+    body = get_json(f"{relay.http_url}/api/runs/42/metrics")
+    assert (body["run_id"], body["status"], body["mode"]) == ("default", "completed", "federated")
+    assert body["training_end"]["run_id"] == 42  # exactly as sent
+    assert [m["type"] for m in body["messages"]] == ["training_mode", "epoch_end", "training_end"]
+    publish(relay.ws_url, [epoch_end("42", 1)])  # a run really named "42" comes first
+    assert get_json(f"{relay.http_url}/api/runs/42/metrics")["run_id"] == "42"
+
+
+def test_dashboards_are_told_when_a_run_appears_and_when_it_ends(relay: RelayProcess) -> None:
+    with (
+        ListeningClient(f"{relay.ws_url}/?subscribe") as dashboard,
+        ListeningClient(relay.ws_url) as listener,
+        ListeningClient(f"{relay.ws_url}/?publish") as publisher,
+    ):
+        end = {"run_id": "r", "status": "early_stopped", "final_metrics": METRICS}
+        publisher.send(make_message("training_mode", MODE, run_id="r"))
+        publisher.wait_for_type("ack")  # one summary per run and commit: its latest state
+        for message in [epoch_end("r", 1), epoch_end("r", 2)]:
+            publisher.send(message)
+        publisher.wait_for_type("ack", count=3)
+        publisher.send(make_message("training_end", end, run_id="r"))
+        publisher.wait_for_type("ack", count=4)
+        listener.wait_for(lambda msgs: len(seqs(msgs)) == 4)
+        summaries = dashboard.wait_for_type("run_summary", count=2)
+        for client in (dashboard, listener, publisher):  # all that was sent has arrived
+            client.send(control("ping"))
+            client.wait_for_type("pong", count=2)
+    assert [s["data"]["status"] for s in dashboard.of_type("run_summary")] == [
+        "running",
+        "early_stopped",
+    ]
+    assert summaries[0]["data"]["message_count"] == 1
+    assert summaries[-1]["data"] == get_json(f"{relay.http_url}/api/runs")["runs"][0]
+    validate_message(summaries[-1])  # as the protocol declares it
+    assert listener.of_type("run_summary") == publisher.of_type("run_summary") == []
+
+
+def test_each_database_has_an_epoch_that_a_resubscribe_can_check(relay_factory: Any) -> None:
+    relay = relay_factory()
+    publish(relay.ws_url, [epoch_end("run", e) for e in range(1, 4)])
+    epoch = get_json(f"{relay.http_url}/healthz")["epoch"]
+    assert get_json(f"{relay.http_url}/api/runs")["epoch"] == epoch
+    with ListeningClient(relay.ws_url, run_id="run", since=0) as first:
+        [end] = first.of_type("replay_end")
+    assert end["data"] == {"run_id": "run", "last_seq": 3, "epoch": epoch, "recovered": None}
+    relay.restart()  # the same database: the same epoch, and its seqs hold
+    assert get_json(f"{relay.http_url}/healthz")["epoch"] == epoch
+    with ListeningClient(relay.ws_url, subscribe=True) as again:
+        again.subscribe("run", since=2, epoch=epoch)
+    assert seqs(again.messages) == [3]
+    assert again.of_type("replay_end")[-1]["data"]["recovered"] is True
+
+    other = relay_factory()  # another (empty) database: its seqs are not the old ones
+    publish(other.ws_url, [epoch_end("run", 1)])
+    with ListeningClient(other.ws_url, subscribe=True) as moved:
+        moved.subscribe("run", since=3, epoch=epoch)
+    end = moved.of_type("replay_end")[-1]
+    assert seqs(moved.messages) == [1]  # replayed from 0, not from 3
+    assert end["data"]["recovered"] is False
+    assert end["data"]["epoch"] == get_json(f"{other.http_url}/healthz")["epoch"] != epoch
+
+
+# --------------------------------------------------------------------------- private reads
+
+
+def test_a_viewer_token_guards_every_read(relay_factory: Any) -> None:
+    viewer, publisher_token = "v1ewer-token-value", "publisher-token-value"
+    relay = relay_factory(token=publisher_token, env={"FL_STREAM_VIEWER_TOKEN": viewer})
+    status, headers, body = http_get(f"{relay.http_url}/api/runs")
+    assert (status, headers["WWW-Authenticate"]) == (401, "Bearer")
+    assert json.loads(body)["error"].startswith("unauthorised")
+    for path in ("/healthz", "/", "/static/index.html"):  # they hold no run data
+        assert http_get(relay.http_url + path)[0] == 200
+    for token, expected in [(viewer, 200), (publisher_token, 200), ("wrong", 401)]:
+        header = [("Authorization", f"Bearer {token}")]
+        assert http_request(relay.port, "/api/runs", header)[0] == expected
+    with (
+        ListeningClient(relay.ws_url) as anonymous,
+        ListeningClient(relay.ws_url, token=viewer) as reader,
+        ListeningClient(f"{relay.ws_url}/?subscribe") as browser,
+        ListeningClient(f"{relay.ws_url}/?subscribe") as locked,  # never authenticates
+    ):
+        anonymous.send(control("subscribe", run_id=None, since=0))
+        refused = anonymous.wait_for_type("rejected")[0]["data"]["reason"]
+        browser.send(control("auth", token="wrong"))
+        browser.wait_for_type("rejected")
+        browser.send(control("auth", token=viewer))
+        assert browser.wait_for_type("authenticated")[0]["data"] == {"can_publish": False}
+        browser.subscribe(None, since=0)
+        assert publish(relay.ws_url, [epoch_end("run", 1)])[0]["type"] == "rejected"
+        assert (
+            publish(relay.ws_url, [epoch_end("run", 1)], token=publisher_token)[0]["type"] == "ack"
+        )
+        reader.wait_for(lambda msgs: seqs(msgs) == [1])
+        browser.wait_for(lambda msgs: seqs(msgs) == [1])
+        browser.wait_for_type("run_summary")
+        anonymous.send(control("auth", token=viewer))  # a listener: everything from now on
+        anonymous.wait_for_type("authenticated")
+        publish(relay.ws_url, [epoch_end("run", 2)], token=publisher_token)
+        anonymous.wait_for(lambda msgs: seqs(msgs) == [2])
+        locked.send(control("ping"))
+        locked.wait_for_type("pong", count=2)
+    assert refused.startswith("unauthorised")
+    assert [m["type"] for m in locked.messages] == ["pong", "pong"]  # no run data, no summary
+    with pytest.raises(InvalidStatus) as in_url:
+        ListeningClient(f"{relay.ws_url}/?subscribe&token={viewer}")
+    assert in_url.value.response.status_code == 400
+    log = relay.log_text()
+    assert viewer not in log and publisher_token not in log and "Traceback" not in log
+
+
+def self_signed_certificate(folder: Path) -> tuple[Path, Path]:
+    """A certificate for 127.0.0.1 and localhost, and its key, as PEM files in ``folder``."""
+    x509 = pytest.importorskip("cryptography.x509")
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(x509.oid.NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.datetime.now(datetime.UTC)
+    names = [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName(names), critical=False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = folder / "cert.pem", folder / "key.pem"
+    cert_path.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return cert_path, key_path
+
+
+def test_with_a_certificate_the_relay_serves_wss_and_https(tmp_path: Path) -> None:
+    cert, key = self_signed_certificate(tmp_path)
+    port = free_port()
+    command = [sys.executable, "-m", "relay", "--host", "127.0.0.1", "--port", str(port)]
+    command += ["--db", str(tmp_path / "relay.db"), "--certfile", str(cert), "--keyfile", str(key)]
+    log = tmp_path / "relay.log"
+    trusted = ssl.create_default_context(cafile=str(cert))
+    with open(log, "wb") as output:
+        process = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 20
+        while b"ready" not in log.read_bytes():
+            assert process.poll() is None and time.monotonic() < deadline, log.read_text()
+            time.sleep(0.05)
+        assert f"wss://127.0.0.1:{port}" in log.read_text()
+        with urllib.request.urlopen(f"https://127.0.0.1:{port}/healthz", context=trusted) as reply:
+            assert json.loads(reply.read())["status"] == "ok"
+        url = f"wss://127.0.0.1:{port}"
+        with connect(f"{url}/?subscribe", ssl=trusted) as dashboard:
+            dashboard.send(json.dumps(control("subscribe", run_id="run", since=0)))
+            assert json.loads(dashboard.recv(10))["type"] == "replay_end"
+            with connect(f"{url}/?publish", ssl=trusted) as publisher:
+                publisher.send(json.dumps(epoch_end("run", 1)))
+                assert json.loads(publisher.recv(10))["type"] == "ack"
+            assert json.loads(dashboard.recv(10))["seq"] == 1
+        with pytest.raises(ssl.SSLError):  # a client that does not trust it cannot connect
+            connect(url, ssl=ssl.create_default_context(), open_timeout=10)
+    finally:
+        process.terminate()
+        process.wait(10)
+    assert process.returncode == 0
+    assert "Traceback" not in log.read_text()
+
+
 # --------------------------------------------------------------------------- process life
 
 
@@ -565,6 +847,22 @@ def run_relay_cli(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(command, capture_output=True, text=True, timeout=30)
 
 
+def test_a_certificate_without_its_key_or_one_unreadable_is_a_one_line_error(
+    tmp_path: Path,
+) -> None:
+    junk = tmp_path / "junk.pem"
+    junk.write_text("not a certificate")
+    alone = run_relay_cli("--certfile", str(junk), "--db", str(tmp_path / "r.db"))
+    assert alone.returncode == 2 and "--certfile and --keyfile go together" in alone.stderr
+    unreadable = run_relay_cli(
+        *("--port", str(free_port()), "--db", str(tmp_path / "r.db")),
+        *("--certfile", str(junk), "--keyfile", str(junk)),
+    )
+    assert unreadable.returncode == 1 and "cannot load TLS certificate" in unreadable.stderr
+    for result in (alone, unreadable):
+        assert result.stderr.strip().count("\n") == 0 and "Traceback" not in result.stderr
+
+
 def test_port_in_use_is_a_one_line_error(tmp_path: Path) -> None:
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
@@ -591,7 +889,7 @@ def test_a_second_relay_on_the_same_database_is_a_one_line_error(relay: RelayPro
     assert result.returncode != 0
     assert result.stderr.strip().count("\n") == 0
     assert "another relay is using it" in result.stderr
-    assert get_json(f"{relay.http_url}/healthz") == {"status": "ok"}  # the first one is fine
+    assert get_json(f"{relay.http_url}/healthz")["status"] == "ok"  # the first one is fine
 
 
 def test_closed_connection_mid_send_does_not_disturb_others(relay: RelayProcess) -> None:

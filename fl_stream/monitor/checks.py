@@ -17,12 +17,16 @@ from datetime import datetime
 from typing import Any
 
 __all__ = [
+    "INT64_MAX",
+    "INT64_MIN",
+    "INT64_RANGE",
     "NON_FINITE",
     "Check",
     "Fields",
     "MessageError",
     "check_envelope",
     "check_fields",
+    "check_nesting",
     "describe",
     "describe_fields",
     "is_bool",
@@ -33,10 +37,12 @@ __all__ = [
     "is_metrics",
     "is_number",
     "is_text",
+    "is_unicode",
     "json_kind",
     "list_of",
     "one_of",
     "optional",
+    "too_deep",
 ]
 
 Check = Callable[[Any], bool]
@@ -46,6 +52,9 @@ Fields = tuple[Mapping[str, Check], Mapping[str, Check]]
 # Non-finite floats are not valid JSON: on the wire they are these strings, which
 # JavaScript's Number() and Python's float() both read back as the same values.
 NON_FINITE = {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}
+# Integers must fit SQLite's (and most languages') 64-bit signed integers.
+INT64_MIN = -(2**63)
+INT64_MAX = 2**63 - 1
 
 
 class MessageError(ValueError):
@@ -62,12 +71,27 @@ def _described(description: str) -> Callable[[Check], Check]:
 
 @_described("an integer")
 def is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
+    return (
+        isinstance(value, int) and not isinstance(value, bool) and INT64_MIN <= value <= INT64_MAX
+    )
 
 
 @_described("an integer >= 0")
 def is_count(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= INT64_MAX
+
+
+INT64_RANGE = "integers must fit in 64 bits (-2**63 to 2**63-1)"
+
+
+def _int_out_of_range(value: Any, path: str) -> MessageError | None:
+    if isinstance(value, int) and not isinstance(value, bool) and not is_int(value):
+        return MessageError(f"{path}: {_shown(value)} is out of range; {INT64_RANGE}")
+    return None
+
+
+is_int.locate = _int_out_of_range  # type: ignore[attr-defined]
+is_count.locate = _int_out_of_range  # type: ignore[attr-defined]
 
 
 @_described('a finite number or "NaN"/"Infinity"/"-Infinity"')
@@ -117,14 +141,48 @@ def is_config(value: Any) -> bool:
     return True
 
 
+def is_unicode(text: str) -> bool:
+    """Whether ``text`` can be encoded as UTF-8: no lone surrogate such as ``"\\ud800"``.
+
+    JSON's ``\\u`` escapes can spell one; SQLite, UTF-8 files and most programs cannot
+    store it.
+    """
+    if text.isascii():
+        return True
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 @_described("a string")
 def is_text(value: Any) -> bool:
-    return isinstance(value, str)
+    return isinstance(value, str) and is_unicode(value)
+
+
+def _not_unicode(value: Any, path: str) -> MessageError | None:
+    if isinstance(value, str) and not is_unicode(value):
+        return MessageError(
+            f"{path}: not valid Unicode text (it holds a lone surrogate such as \\ud800); "
+            "send text that can be encoded as UTF-8"
+        )
+    return None
+
+
+is_text.locate = _not_unicode  # type: ignore[attr-defined]
 
 
 @_described("a string or an integer")
 def is_id(value: Any) -> bool:
-    return isinstance(value, str) or is_int(value)
+    return is_text(value) or is_int(value)
+
+
+def _bad_id(value: Any, path: str) -> MessageError | None:
+    return _not_unicode(value, path) or _int_out_of_range(value, path)
+
+
+is_id.locate = _bad_id  # type: ignore[attr-defined]
 
 
 @_described("true or false")
@@ -150,6 +208,8 @@ def optional(check: Check) -> Check:
         return value is None or check(value)
 
     check_or_null.description = f"{describe(check)} or null"  # type: ignore[attr-defined]
+    if hasattr(check, "locate"):
+        check_or_null.locate = check.locate  # type: ignore[attr-defined]
     return check_or_null
 
 
@@ -236,17 +296,48 @@ def check_envelope(message: Any, optional_fields: Mapping[str, Check]) -> None:
             raise MessageError(f"{field}: missing; every message needs type, timestamp, data")
     if not isinstance(message["type"], str) or not message["type"]:
         raise MessageError("type: expected a non-empty string")
+    if not is_unicode(message["type"]):
+        raise _not_unicode(message["type"], "type")  # type: ignore[misc]
     _check_timestamp(message["timestamp"])
     if not isinstance(message["data"], dict):
         raise MessageError(f"data: expected a JSON object, got {json_kind(message['data'])}")
     for field, check in optional_fields.items():
         if field in message and not check(message[field]):
-            raise MessageError(f"{field}: expected {describe(check)}")
+            raise _mismatch(field, check, message[field])
+
+
+def check_nesting(value: Any, limit: int) -> None:
+    """Check that ``value`` nests objects and arrays at most ``limit`` levels deep.
+
+    ``{}`` is 1 level, ``{"a": []}`` 2. The walk stops at ``limit``, so a hostile depth
+    cannot exhaust the stack.
+
+    Raises:
+        MessageError: it nests deeper.
+    """
+    if isinstance(value, (dict, list)) and not _nests_within(value, limit):
+        raise too_deep(limit)
+
+
+def too_deep(limit: int) -> MessageError:
+    """The error for a message nested deeper than ``limit`` levels."""
+    return MessageError(f"message: nested deeper than {limit} levels of objects and arrays")
+
+
+def _nests_within(container: dict[str, Any] | list[Any], levels: int) -> bool:
+    if levels <= 0:
+        return False
+    for child in container.values() if isinstance(container, dict) else container:
+        if isinstance(child, (dict, list)) and not _nests_within(child, levels - 1):
+            return False
+    return True
 
 
 def _check_timestamp(value: Any) -> None:
     if not isinstance(value, str):
         raise MessageError("timestamp: expected an ISO-8601 string")
+    if not value.isascii():  # fromisoformat() takes any character between date and time
+        raise MessageError(f"timestamp: {value[:40]!r} is not ISO-8601 (ASCII only)")
     try:
         datetime.fromisoformat(value.replace("Z", "+00:00"))
     except ValueError:
@@ -277,6 +368,8 @@ def _mismatch(path: str, check: Check, value: Any) -> MessageError:
 def _shown(value: Any) -> str:
     if isinstance(value, (dict, list)):
         return json_kind(value)
+    if isinstance(value, int) and value.bit_length() > 128:  # repr() refuses > 4300 digits
+        return f"an integer of {value.bit_length()} bits"
     return repr(value)[:60]
 
 

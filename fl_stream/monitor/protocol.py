@@ -25,11 +25,15 @@ from datetime import UTC, datetime
 from typing import Any
 
 from .checks import (
+    INT64_MAX,
+    INT64_MIN,
+    INT64_RANGE,
     NON_FINITE,
     Fields,
     MessageError,
     check_envelope,
     check_fields,
+    check_nesting,
     describe_fields,
     is_bool,
     is_config,
@@ -42,11 +46,13 @@ from .checks import (
     list_of,
     one_of,
     optional,
+    too_deep,
 )
 from .encoding import EncodingError, encode_message, to_json_value
 
 __all__ = [
     "CENTRALIZED",
+    "CLIENT_CONTROL_TYPES",
     "CLIENT_ENTRY",
     "COMPLETED",
     "CONTROL_TYPES",
@@ -65,7 +71,10 @@ __all__ = [
     "FAILED",
     "FEDERATED",
     "FRACTION_METRICS",
+    "INT64_MAX",
+    "INT64_MIN",
     "LOSS_SUFFIXES",
+    "MAX_NESTING",
     "MESSAGE_TYPES",
     "METRIC_NAMES",
     "NON_FINITE",
@@ -73,7 +82,9 @@ __all__ = [
     "ROUND_PHASES",
     "RUNNING",
     "RUN_STATUSES",
+    "RUN_SUMMARY",
     "STATUS_LABELS",
+    "VIEWER_TOKEN_ENV",
     "EncodingError",
     "Message",
     "MessageError",
@@ -88,6 +99,7 @@ __all__ = [
     "to_json_value",
     "utc_timestamp",
     "validate_message",
+    "viewer_token",
 ]
 
 Message = dict[str, Any]
@@ -101,6 +113,9 @@ DEFAULT_RELAY_PORT = 8765
 DEFAULT_RELAY_URL = f"ws://{DEFAULT_RELAY_HOST}:{DEFAULT_RELAY_PORT}"
 # One variable holds the publisher token for the relay and for every publisher.
 RELAY_TOKEN_ENV = "FL_STREAM_RELAY_TOKEN"
+# And one the viewer token: with it set, reading runs from the relay needs it (or the
+# publisher token).
+VIEWER_TOKEN_ENV = "FL_STREAM_VIEWER_TOKEN"
 # Messages that carry no run_id belong to this run.
 DEFAULT_RUN = "default"
 
@@ -112,6 +127,11 @@ def relay_token(explicit: str | None = None) -> str | None:
     read the token through this one rule.
     """
     return explicit or os.environ.get(RELAY_TOKEN_ENV) or None
+
+
+def viewer_token(explicit: str | None = None) -> str | None:
+    """The viewer token: ``explicit`` unless empty, else ``$FL_STREAM_VIEWER_TOKEN``, else None."""
+    return explicit or os.environ.get(VIEWER_TOKEN_ENV) or None
 
 
 # --------------------------------------------------------------------------- metrics
@@ -252,19 +272,51 @@ MESSAGE_TYPES: dict[str, Fields] = {
     "error": ({"error": is_text, "error_type": is_text}, {}),
 }
 
+# A run as the relay summarises it: in /api/runs and in run_summary messages.
+RUN_SUMMARY: Fields = (
+    {
+        "run_id": is_text,
+        "mode": optional(one_of(FEDERATED, CENTRALIZED)),  # null until its training_mode
+        "status": one_of(RUNNING, *RUN_STATUSES),
+        "first_timestamp": is_text,
+        "last_timestamp": is_text,
+        "message_count": is_count,
+        "last_seq": is_count,
+    },
+    {},
+)
+
 # Control messages between the relay and its clients; never stored or broadcast. Clients
-# send subscribe, unsubscribe and ping; the relay answers ack (one per accepted message),
-# rejected (a refused message, and why), replay_end (stored messages sent; live ones
-# follow) and pong.
+# send auth, subscribe, unsubscribe and ping (CLIENT_CONTROL_TYPES); the relay answers
+# authenticated, ack (one per accepted message), rejected (a refused message, and why),
+# replay_end (stored messages sent; live ones follow) and pong, and tells dashboards about
+# runs with run_summary.
 CONTROL_TYPES: dict[str, Fields] = {
-    "subscribe": ({}, {"run_id": optional(is_text), "since": optional(is_int)}),
+    "auth": ({"token": is_text}, {}),
+    "subscribe": (
+        {},
+        {"run_id": optional(is_text), "since": optional(is_int), "epoch": optional(is_text)},
+    ),
     "unsubscribe": ({}, {"run_id": optional(is_text)}),
     "ping": ({}, {}),
+    "authenticated": ({"can_publish": is_bool}, {}),
     "ack": ({"run_id": is_text, "seq": is_count}, {"msg_id": optional(is_text)}),
-    "rejected": ({"reason": is_text}, {"msg_id": optional(is_text)}),
-    "replay_end": ({}, {"run_id": optional(is_text), "last_seq": optional(is_int)}),
+    "rejected": ({"reason": is_text}, {"msg_id": optional(is_text), "retry": is_bool}),
+    "replay_end": (
+        {},
+        {
+            "run_id": optional(is_text),
+            "last_seq": optional(is_int),
+            "epoch": is_text,  # the relay database's identity
+            "recovered": optional(is_bool),  # null: the subscribe named no epoch
+        },
+    ),
     "pong": ({}, {}),
+    "run_summary": RUN_SUMMARY,
 }
+CLIENT_CONTROL_TYPES = frozenset({"auth", "subscribe", "unsubscribe", "ping"})
+# How deep objects and arrays may nest in a message (the envelope is the first level).
+MAX_NESTING = 32
 
 # The envelope: type, timestamp and data, and optional top-level fields.
 _ENVELOPE_REQUIRED = {
@@ -300,7 +352,7 @@ def validate_message(message: Any) -> Message:
 
 
 def decode_message(text: str | bytes) -> Message:
-    """Parse JSON text and validate it as a message.
+    """Parse JSON text and validate it as a message, nested at most :data:`MAX_NESTING` deep.
 
     Raises:
         MessageError: the text is not JSON, or not a valid message.
@@ -309,6 +361,14 @@ def decode_message(text: str | bytes) -> Message:
         message = json.loads(text)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise MessageError(f"not valid JSON: {exc}") from None
+    except RecursionError:
+        raise too_deep(MAX_NESTING) from None
+    except ValueError:  # Python's limit on the digits of an integer (4300)
+        raise MessageError(f"message: a number has too many digits; {INT64_RANGE}") from None
+    # Fewer brackets than the limit cannot nest deeper: most messages skip the walk.
+    opened = text.count("{") + text.count("[") if isinstance(text, str) else MAX_NESTING + 1
+    if opened > MAX_NESTING:
+        check_nesting(message, MAX_NESTING)
     return validate_message(message)
 
 
@@ -354,6 +414,9 @@ def describe() -> dict[str, Any]:
         },
         "message_types": {name: describe_fields(spec) for name, spec in MESSAGE_TYPES.items()},
         "control_types": {name: describe_fields(spec) for name, spec in CONTROL_TYPES.items()},
+        "client_control_types": sorted(CLIENT_CONTROL_TYPES),
+        "run_summary": describe_fields(RUN_SUMMARY),
+        "max_nesting": MAX_NESTING,
         "client_entry": describe_fields(CLIENT_ENTRY),
         "non_finite": list(NON_FINITE),
         "metric_names": list(METRIC_NAMES),
