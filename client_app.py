@@ -3,20 +3,22 @@
 from __future__ import annotations
 
 import os
-import time
+from typing import cast
 
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 from torch.utils.data import DataLoader, TensorDataset
 
+from fl_stream.flower import sys_metrics_mod
 from fl_stream.flower.config import RunConfig
 from fl_stream.pneumonia.data import client_datasets
 from fl_stream.pneumonia.model import build_model
 from fl_stream.pneumonia.task import evaluate as evaluate_model
-from fl_stream.pneumonia.task import pick_device, train_epoch
+from fl_stream.pneumonia.task import pick_device, proximal_term, train_epoch
 
-app = ClientApp()
+# The mod adds each call's wall time, throughput, memory and device to the reply.
+app = ClientApp(mods=[sys_metrics_mod])
 
 
 @app.train()
@@ -24,21 +26,24 @@ def train(msg: Message, context: Context) -> Message:
     """Train the received model on the local partition for ``local-epochs`` epochs."""
     config = RunConfig.from_run_config(context.run_config)
     _limit_threads()
-    model = _received_model(msg, config)
+    device = pick_device()
+    model = _received_model(msg, config).to(device)
     train_set, _ = _local_data(context, config)
-    server_round = int(msg.content["config"]["server-round"])
+    train_config = msg.content.config_records["config"]
+    server_round = cast(int, train_config["server-round"])
     shuffle = torch.Generator().manual_seed(config.seed + server_round)  # reproducible runs
     loader = DataLoader(train_set, batch_size=config.batch_size, shuffle=True, generator=shuffle)
     optimizer = torch.optim.SGD(model.parameters(), lr=config.learning_rate, momentum=0.9)
+    # FedProx sends its proximal-mu; other strategies send none.
+    mu = cast(float, train_config.get("proximal-mu", 0.0))
+    penalty = proximal_term(model, mu) if mu > 0 else None
 
-    started = time.perf_counter()
     for _ in range(config.local_epochs):
-        metrics = train_epoch(model, loader, optimizer, pick_device())
-    train_time = time.perf_counter() - started
+        metrics = train_epoch(model, loader, optimizer, device, penalty)
 
     # The last epoch's metrics describe the model this client sends back.
-    metrics.update({"num-examples": len(train_set), "train-time": train_time})
-    return _reply(msg, context, metrics, ArrayRecord(model.state_dict()))
+    metrics["num-examples"] = len(train_set)
+    return _reply(msg, metrics, ArrayRecord(model.state_dict()))
 
 
 @app.evaluate()
@@ -51,12 +56,12 @@ def evaluate(msg: Message, context: Context) -> Message:
     loader = DataLoader(eval_set, batch_size=max(config.batch_size, 128))
     metrics = evaluate_model(model, loader, pick_device())
     metrics["num-examples"] = len(eval_set)
-    return _reply(msg, context, metrics)
+    return _reply(msg, metrics)
 
 
 def _received_model(msg: Message, config: RunConfig) -> torch.nn.Module:
     model = build_model(config.model)
-    model.load_state_dict(msg.content["arrays"].to_torch_state_dict())
+    model.load_state_dict(msg.content.array_records["arrays"].to_torch_state_dict())
     return model
 
 
@@ -84,16 +89,8 @@ def _local_data(context: Context, config: RunConfig) -> tuple[TensorDataset, Ten
     )
 
 
-def _reply(
-    msg: Message, context: Context, metrics: dict[str, float], arrays: ArrayRecord | None = None
-) -> Message:
-    # The partition id rides in its own ConfigRecord so FedAvg does not average it as a metric.
-    content = RecordDict(
-        {
-            "metrics": MetricRecord(metrics),
-            "client": ConfigRecord({"partition-id": int(context.node_config["partition-id"])}),
-        }
-    )
+def _reply(msg: Message, metrics: dict[str, float], arrays: ArrayRecord | None = None) -> Message:
+    content = RecordDict({"metrics": MetricRecord({**metrics})})
     if arrays is not None:
         content["arrays"] = arrays
     return Message(content=content, reply_to=msg)

@@ -10,8 +10,9 @@ from flwr.common.logger import log
 from flwr.serverapp import Grid, ServerApp
 from torch.utils.data import DataLoader
 
+from fl_stream.flower import EvaluateFn, StreamingStrategy
 from fl_stream.flower.config import RunConfig
-from fl_stream.flower.strategy import EvaluateFn, StreamingFedAvg
+from fl_stream.flower.strategies import build_strategy
 from fl_stream.monitor.sender import MetricsWebSocketSender
 from fl_stream.pneumonia.data import load_splits
 from fl_stream.pneumonia.model import build_model
@@ -22,7 +23,7 @@ app = ServerApp()
 
 @app.main()
 def main(grid: Grid, context: Context) -> None:
-    """Validate the run config, then run StreamingFedAvg with a sender to the relay."""
+    """Validate the run config, then run the chosen strategy, streaming it to the relay."""
     config = RunConfig.from_run_config(context.run_config)  # fails before any training
     run_id = str(context.run_id)
     evaluate_fn = centralized_evaluation(config) if config.centralized_eval else None
@@ -38,15 +39,11 @@ def main(grid: Grid, context: Context) -> None:
         token=config.relay_token,
         log_path=log_path,
     ) as sender:
-        strategy = StreamingFedAvg(
+        strategy = StreamingStrategy(
+            build_strategy(config),
             sender,
-            run_id=run_id,
             best_metric=config.best_metric,
-            fraction_train=config.fraction_train,
-            fraction_evaluate=config.fraction_evaluate,
-            min_train_nodes=config.min_nodes,
-            min_evaluate_nodes=config.min_nodes,
-            min_available_nodes=config.min_nodes,
+            run_config=config.reported(),
         )
         strategy.start(
             grid=grid,
@@ -68,6 +65,6 @@ def centralized_evaluation(config: RunConfig) -> EvaluateFn:
 
     def evaluate_global_model(server_round: int, arrays: ArrayRecord) -> MetricRecord:
         model.load_state_dict(arrays.to_torch_state_dict())
-        return MetricRecord(evaluate(model, loader, device))
+        return MetricRecord({**evaluate(model, loader, device)})
 
     return evaluate_global_model

@@ -1,8 +1,9 @@
 """The whole app as a user runs it: ``flwr run . --stream`` (a real Flower simulation on Ray).
 
 Both tests share one SuperLink (its own ``FLWR_HOME`` and free ports), stopped by pid at the
-end. The first streams to a real relay watched by a real listening client; the second runs
-with no relay at all and must still complete with a complete JSONL log.
+end. The first streams a FedProx run (run-config key ``strategy``) to a real relay watched by a
+real listening client; the second runs FedAvg with no relay at all and must still complete
+with a complete JSONL log.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ pytestmark = pytest.mark.simulation
 
 RUN_TIMEOUT = 240  # seconds; a run takes 30-60 s on a loaded 2-core machine
 METRICS = ("loss", "accuracy", "precision", "recall", "f1", "auroc")
+SYS_METRICS = {"sys_wall_time", "sys_examples_per_second", "sys_peak_rss_mb", "sys_cuda_peak_mb"}
 
 
 @pytest.fixture(scope="module")
@@ -56,14 +58,16 @@ def _flwr_run(env: dict[str, str], run_config: dict) -> tuple[str, str]:
     return match.group(1), output
 
 
-def _check_run(messages: list[dict], run_id: str) -> None:
-    """What issue 4 asks of a 2-round, 2-client run's messages."""
+def _check_run(messages: list[dict], run_id: str, strategy: str) -> None:
+    """What issues 4 and 12 ask of a 2-round, 2-client run's messages."""
     for message in messages:
         validate_message(message)
         assert message["run_id"] == run_id
     types = [m["type"] for m in messages]
     assert types[0] == "training_mode" and types[-1] == "training_end"
-    assert messages[0]["data"] == {"is_federated": True, "num_rounds": 2, "num_clients": 2}
+    mode = messages[0]["data"]
+    assert (mode["is_federated"], mode["num_rounds"], mode["num_clients"]) == (True, 2, 2)
+    assert mode["config"]["strategy"] == strategy and "relay-token" not in mode["config"]
 
     round_metrics = [m["data"] for m in messages if m["type"] == "round_metrics"]
     assert sorted((d["round"], d["phase"]) for d in round_metrics) == [
@@ -82,7 +86,9 @@ def _check_run(messages: list[dict], run_id: str) -> None:
     assert len(client_metrics) == 4
     for data in client_metrics:
         assert sorted(c["client_id"] for c in data["clients"]) == ["0", "1"]
-        assert all(set(METRICS) <= c["metrics"].keys() for c in data["clients"])
+        for client in data["clients"]:
+            assert client["metrics"].keys() >= set(METRICS) | SYS_METRICS
+            assert client["device"] in ("cpu", "cuda:0")
 
     assert [m["data"]["round"] for m in messages if m["type"] == "round_end"] == [1, 2]
     end = messages[-1]["data"]
@@ -94,12 +100,17 @@ def test_flwr_run_streams_to_a_live_dashboard(flower_env, relay, tmp_path):
     with ListeningClient(relay.ws_url) as dashboard:
         run_id, _ = _flwr_run(
             flower_env,
-            {"relay-url": relay.ws_url, "metrics-log-dir": str(tmp_path), "samples-per-client": 40},
+            {
+                "relay-url": relay.ws_url,
+                "metrics-log-dir": str(tmp_path),
+                "samples-per-client": 40,
+                "strategy": "fedprox",
+            },
         )
         dashboard.wait_for_type("training_end", timeout=30)
         received = dashboard.data_messages()
 
-    _check_run(received, run_id)
+    _check_run(received, run_id, "fedprox")
     assert [m["seq"] for m in received] == list(range(1, len(received) + 1))
     logged = list(read_log(tmp_path / f"{run_id}.jsonl"))
     assert [(m["msg_id"], m["type"], m["data"]) for m in logged] == [
@@ -114,4 +125,4 @@ def test_flwr_run_completes_with_the_relay_down(flower_env, tmp_path):
         {"relay-url": nowhere, "metrics-log-dir": str(tmp_path), "samples-per-client": 40},
     )
     log_path: Path = tmp_path / f"{run_id}.jsonl"
-    _check_run(list(read_log(log_path)), run_id)
+    _check_run(list(read_log(log_path)), run_id, "fedavg")

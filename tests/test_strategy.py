@@ -1,7 +1,8 @@
-"""StreamingFedAvg's hooks without Ray: a Grid that hands each message to the real ClientApp.
+"""StreamingStrategy's hooks without Ray: a Grid that hands each message to the real ClientApp.
 
-The strategy streams through a real sender to a real relay; a real listening client and the
-run's JSONL log are checked. A full Flower simulation is in ``test_simulation.py``.
+The strategy (FedAvg, wrapped) streams through a real sender to a real relay; a real listening
+client and the run's JSONL log are checked. Other Flower strategies are in
+``test_strategies.py``, a full Flower simulation in ``test_simulation.py``.
 """
 
 from __future__ import annotations
@@ -12,12 +13,14 @@ from collections.abc import Iterable
 import pytest
 import torch
 from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
 from flwr.serverapp import Grid
+from flwr.serverapp.strategy import FedAvg, Result, Strategy
 from flwr.supercore.task_identity import TaskIdentity
 
 from client_app import app as client_app
+from fl_stream.flower import EvaluateFn, StreamingStrategy, aggregate_metrics
 from fl_stream.flower.config import RunConfig
-from fl_stream.flower.strategy import StreamingFedAvg, aggregate_metrics
 from fl_stream.monitor.protocol import (
     COMPLETED,
     EVAL_BY_CLIENTS,
@@ -35,12 +38,15 @@ from tests.support import ListeningClient, free_port
 RUN_ID = 4242
 SMALL = {"samples-per-client": 20, "batch-size": 8}
 METRICS = set(METRIC_NAMES)
+DEVICE = "cuda:0" if torch.cuda.is_available() else "cpu"  # where pick_device() trains
+SYS_METRICS = {"sys_wall_time", "sys_examples_per_second", "sys_peak_rss_mb", "sys_cuda_peak_mb"}
 
 
 class DirectGrid(Grid):
-    """Delivers each message straight to ``client_app`` in this process, node by node."""
+    """Delivers each message straight to ``app`` (our ClientApp) in this process, node by node."""
 
-    def __init__(self, num_nodes: int, run_config: dict) -> None:
+    def __init__(self, num_nodes: int, run_config: dict, app: ClientApp = client_app) -> None:
+        self.app = app
         # Messages take their run and sender ids from the task identity a SuperLink would set.
         TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, RUN_ID, 0
         self.contexts = {
@@ -76,25 +82,48 @@ class DirectGrid(Grid):
         raise NotImplementedError
 
     def send_and_receive(self, messages: Iterable[Message], *, timeout=None) -> list[Message]:
-        return [client_app(m, self.contexts[m.metadata.dst_node_id]) for m in messages]
+        return [self.app(m, self.contexts[m.metadata.dst_node_id]) for m in messages]
 
 
-def _run(sender, num_rounds: int = 2, evaluate_fn=None, run_config=SMALL, **fedavg_args):
+def start(
+    strategy: Strategy,
+    num_rounds: int = 2,
+    evaluate_fn: EvaluateFn | None = None,
+    run_config: dict = SMALL,
+    grid: DirectGrid | None = None,
+    initial_arrays: ArrayRecord | None = None,
+) -> Result:
+    """Run ``strategy`` (a StreamingStrategy) on ``grid``: default, our ClientApp on 2 nodes."""
     torch.manual_seed(0)
-    strategy = StreamingFedAvg(sender, run_id=str(RUN_ID), **fedavg_args)
+    if initial_arrays is None:
+        initial_arrays = ArrayRecord(build_model().state_dict())
     return strategy.start(
-        grid=DirectGrid(2, run_config),
-        initial_arrays=ArrayRecord(build_model().state_dict()),
+        grid=grid if grid is not None else DirectGrid(2, run_config),
+        initial_arrays=initial_arrays,
         num_rounds=num_rounds,
         evaluate_fn=evaluate_fn,
     )
+
+
+def _run(sender, num_rounds: int = 2, evaluate_fn=None, settings=None, **fedavg_args):
+    """FedAvg, streamed; ``settings`` go out with training_mode."""
+    fedavg = FedAvg(
+        train_metrics_aggr_fn=aggregate_metrics,
+        evaluate_metrics_aggr_fn=aggregate_metrics,
+        **fedavg_args,
+    )
+    streaming = StreamingStrategy(fedavg, sender, run_id=str(RUN_ID), run_config=settings)
+    return start(streaming, num_rounds, evaluate_fn)
 
 
 def test_hooks_stream_the_whole_run_to_a_listening_dashboard(relay, tmp_path):
     log_path = tmp_path / "run.jsonl"
     with ListeningClient(relay.ws_url) as dashboard:
         with MetricsWebSocketSender(relay.ws_url, run_id=str(RUN_ID), log_path=log_path) as sender:
-            result = _run(sender, evaluate_fn=centralized_evaluation(RunConfig()))
+            settings = RunConfig(relay_token="s3cret").reported()
+            result = _run(
+                sender, evaluate_fn=centralized_evaluation(RunConfig()), settings=settings
+            )
             assert sender.flush(10.0)
         dashboard.wait_for_type("training_end")
         received = dashboard.data_messages()
@@ -107,7 +136,13 @@ def test_hooks_stream_the_whole_run_to_a_listening_dashboard(relay, tmp_path):
     for message in received:
         validate_message(message)
         assert message["run_id"] == str(RUN_ID)
-    assert received[0]["data"] == {"is_federated": True, "num_rounds": 2, "num_clients": 2}
+    assert received[0]["data"] == {
+        "is_federated": True,
+        "num_rounds": 2,
+        "num_clients": 2,
+        "config": settings,
+    }
+    assert settings["strategy"] == "fedavg" and "relay-token" not in settings
 
     rounds = [m["data"] for m in received if m["type"] == "round_metrics"]
     assert [(r["round"], r["phase"], r["num_clients"]) for r in rounds] == [
@@ -123,11 +158,11 @@ def test_hooks_stream_the_whole_run_to_a_listening_dashboard(relay, tmp_path):
     for data in clients:
         assert sorted(c["client_id"] for c in data["clients"]) == ["0", "1"]
         for client in data["clients"]:
-            assert client["metrics"].keys() >= METRICS and client["num_examples"] > 0
+            assert client["metrics"].keys() >= METRICS | SYS_METRICS and client["num_examples"] > 0
             assert isinstance(client["node_id"], str) and "error" not in client
+            assert client["device"] == DEVICE and client["metrics"]["sys_wall_time"] > 0
     train_clients = clients[0]["clients"]
     assert {c["num_examples"] for c in train_clients} == {16}  # 20 capped, 20 % held out
-    assert all(c["metrics"]["train-time"] > 0 for c in train_clients)
 
     # Centralized evaluation is on: round_end carries the global model's test-set metrics,
     # and says so.

@@ -11,11 +11,13 @@ Run it with ``fl-stream train-centralized`` or ``python -m fl_stream.centralized
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch.utils.data import DataLoader
@@ -225,7 +227,11 @@ class CentralizedTrainer:
             log_path=self.log_path,
         ) as sender:
             sender.send_training_mode(
-                is_federated=False, num_rounds=0, num_clients=0, num_epochs=self.config.epochs
+                is_federated=False,
+                num_rounds=0,
+                num_clients=0,
+                num_epochs=self.config.epochs,
+                config=_reported(self.config),
             )
             try:
                 result = self._train(sender)
@@ -301,6 +307,15 @@ class CentralizedTrainer:
             save_path=self.save_path,
             log_path=self.log_path,
         )
+
+
+def _reported(config: CentralizedConfig) -> dict[str, Any]:
+    """The settings by option name (``batch-size``), for ``training_mode``; the token left out."""
+    return {
+        field.name.replace("_", "-"): getattr(config, field.name)
+        for field in dataclasses.fields(config)
+        if field.repr
+    }
 
 
 def _prefixed(phase: str, metrics: dict[str, float]) -> dict[str, float]:

@@ -1,1 +1,17 @@
-"""The Flower integration: a strategy that streams every round, and the app's run config."""
+"""The Flower integration: streaming for any strategy, a client mod, and the app's run config.
+
+What a Flower app needs to be monitored (docs/add-to-your-app.md):
+
+- :class:`StreamingStrategy`: wraps any strategy and streams every round through a sender;
+- :func:`sys_metrics_mod`: a ClientApp mod adding wall time, throughput, memory and device;
+- :func:`aggregate_metrics`: metric aggregation that leaves a client's NaN out of the mean.
+
+Importing it never imports torch. The app's own run config is :mod:`fl_stream.flower.config`
+and its choice of strategy :mod:`fl_stream.flower.strategies`.
+"""
+
+from fl_stream.flower.aggregation import aggregate_metrics
+from fl_stream.flower.mods import sys_metrics_mod
+from fl_stream.flower.streaming import EvaluateFn, StreamingStrategy
+
+__all__ = ["EvaluateFn", "StreamingStrategy", "aggregate_metrics", "sys_metrics_mod"]

@@ -10,11 +10,13 @@ and the relay.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from fl_stream.flower.strategies import STRATEGIES
 from fl_stream.monitor.protocol import DEFAULT_RELAY_URL, METRIC_NAMES, RELAY_TOKEN_ENV
 from fl_stream.monitor.runlog import DEFAULT_LOG_DIR, default_log_path
 from fl_stream.pneumonia.data import PARTITIONINGS
@@ -30,6 +32,7 @@ from fl_stream.settings import (
     WS_URL,
     Rule,
     SettingError,
+    finite_at_least,
     from_mapping,
     one_of,
     setting,
@@ -42,6 +45,8 @@ ConfigError = SettingError
 """A run-config key is unknown, or its value has the wrong type or range (the old name)."""
 
 SAMPLES_PER_CLIENT = Rule(lambda value: value == 0 or value >= 10, "0 (whole partition) or >= 10")
+MOMENT = Rule(lambda value: 0.0 <= value < 1.0, "a number in [0, 1)")
+TRIM_FRACTION = Rule(lambda value: 0.0 <= value < 0.5, "a fraction in [0, 0.5) cut at each end")
 
 
 @dataclass(frozen=True)
@@ -56,7 +61,34 @@ class RunConfig:
         1.0, check=FRACTION, help="share sampled for federated evaluation (0: skip it)"
     )
     min_nodes: int = setting(
-        2, check=POSITIVE_INT, help="FedAvg waits for this many nodes (<= num-supernodes)"
+        2, check=POSITIVE_INT, help="the strategy waits for this many nodes (<= num-supernodes)"
+    )
+    strategy: str = setting(
+        "fedavg", check=one_of(STRATEGIES), help="the Flower strategy that aggregates the rounds"
+    )
+    proximal_mu: float = setting(
+        0.01, check=finite_at_least(0), help="fedprox: weight of the clients' proximal term"
+    )
+    server_learning_rate: float = setting(
+        1.0, check=POSITIVE_NUMBER, help="fedavgm: the server's learning rate"
+    )
+    server_momentum: float = setting(0.9, check=MOMENT, help="fedavgm: the server's momentum")
+    eta: float = setting(
+        0.01, check=POSITIVE_NUMBER, help="fedadam, fedyogi, fedadagrad: server learning rate"
+    )
+    beta_1: float = setting(0.9, check=MOMENT, help="fedadam, fedyogi: first-moment decay")
+    beta_2: float = setting(0.99, check=MOMENT, help="fedadam, fedyogi: second-moment decay")
+    tau: float = setting(
+        0.001, check=POSITIVE_NUMBER, help="fedadam, fedyogi, fedadagrad: adaptivity (epsilon)"
+    )
+    trim_beta: float = setting(
+        0.2, check=TRIM_FRACTION, help="fedtrimmedavg: share of updates cut at each end"
+    )
+    num_malicious_nodes: int = setting(
+        0, check=NON_NEGATIVE_INT, help="krum, multikrum, bulyan: nodes assumed Byzantine"
+    )
+    num_nodes_to_select: int = setting(
+        1, check=POSITIVE_INT, help="multikrum: updates averaged after selection"
     )
     local_epochs: int = setting(1, check=POSITIVE_INT, help="epochs each client trains per round")
     learning_rate: float = setting(
@@ -103,6 +135,14 @@ class RunConfig:
             ConfigError: an unknown key, or a value of the wrong type or out of range.
         """
         return from_mapping(cls, run_config, source="run-config")
+
+    def reported(self) -> dict[str, Any]:
+        """The settings by run-config key, for ``training_mode``; secrets (the token) left out."""
+        return {
+            field.name.replace("_", "-"): getattr(self, field.name)
+            for field in dataclasses.fields(self)
+            if field.repr
+        }
 
     def log_path(self, run_id: str) -> Path:
         """The JSONL log of run ``run_id``, as an absolute path.

@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
+
 import torch
-from torch.utils.data import DataLoader
 
 from fl_stream.pneumonia.metrics import classification_metrics
 
-__all__ = ["evaluate", "pick_device", "train_epoch"]
+__all__ = ["Batches", "Penalty", "evaluate", "pick_device", "proximal_term", "train_epoch"]
+
+Batches = Iterable[tuple[torch.Tensor, torch.Tensor]]
+"""(images, labels) batches: a DataLoader, or one wrapped in a progress bar."""
+Penalty = Callable[[], torch.Tensor]
+"""A term added to each training batch's loss (e.g. FedProx's proximal term)."""
 
 
 def pick_device() -> torch.device:
@@ -15,24 +21,40 @@ def pick_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
+def proximal_term(model: torch.nn.Module, mu: float) -> Penalty:
+    """FedProx's ``mu / 2 * ||w - w_global||^2``, ``w_global`` being ``model``'s weights now.
+
+    Move ``model`` to its device first: the global weights are copied where they are.
+    """
+    global_weights = [p.detach().clone() for p in model.parameters()]
+
+    def penalty() -> torch.Tensor:
+        pairs = zip(model.parameters(), global_weights, strict=True)
+        return mu / 2 * torch.stack([((p - g) ** 2).sum() for p, g in pairs]).sum()
+
+    return penalty
+
+
 def train_epoch(
     model: torch.nn.Module,
-    loader: DataLoader,
+    loader: Batches,
     optimizer: torch.optim.Optimizer,
     device: torch.device,
+    penalty: Penalty | None = None,
 ) -> dict[str, float]:
     """Train ``model`` for one epoch over ``loader``; return the epoch's metrics.
 
     The metrics describe the predictions made while training (the model changes during the
-    epoch), as is usual for a training curve.
+    epoch), as is usual for a training curve. ``penalty`` is added to each batch's loss for
+    the gradient step; the reported loss is the data loss alone.
     """
     model.to(device).train()
     criterion = torch.nn.CrossEntropyLoss()
-    return _run(model, loader, device, criterion, optimizer)
+    return _run(model, loader, device, criterion, optimizer, penalty)
 
 
 @torch.no_grad()
-def evaluate(model: torch.nn.Module, loader: DataLoader, device: torch.device) -> dict[str, float]:
+def evaluate(model: torch.nn.Module, loader: Batches, device: torch.device) -> dict[str, float]:
     """Evaluate ``model`` on ``loader``; return loss, accuracy, precision, recall, f1, auroc."""
     model.to(device).eval()
     return _run(model, loader, device, torch.nn.CrossEntropyLoss(), optimizer=None)
@@ -40,10 +62,11 @@ def evaluate(model: torch.nn.Module, loader: DataLoader, device: torch.device) -
 
 def _run(
     model: torch.nn.Module,
-    loader: DataLoader,
+    loader: Batches,
     device: torch.device,
     criterion: torch.nn.Module,
     optimizer: torch.optim.Optimizer | None,
+    penalty: Penalty | None = None,
 ) -> dict[str, float]:
     total_loss, count = 0.0, 0
     labels, probabilities = [], []
@@ -55,7 +78,7 @@ def _run(
         loss = criterion(logits, targets)
         if optimizer is not None:
             optimizer.zero_grad()
-            loss.backward()
+            (loss + penalty() if penalty is not None else loss).backward()
             optimizer.step()
         total_loss += loss.item() * len(targets)
         count += len(targets)

@@ -1,9 +1,17 @@
-"""StreamingFedAvg: Flower's FedAvg that streams every round to the fl-stream relay.
+"""StreamingStrategy: wrap any Flower strategy so that it streams every round to the relay.
+
+Like Flower's differential-privacy wrappers, :class:`StreamingStrategy` holds another
+:class:`~flwr.serverapp.strategy.Strategy` (FedAvg, FedProx, FedAdam, Krum, a DP wrapper, a
+user's own subclass...) and hands every hook to it; it adds streaming around
+``aggregate_train``, ``aggregate_evaluate`` and ``start``. Its ``start`` is Flower's own
+:meth:`Strategy.start`, which calls the hooks on the wrapper, so the wrapped strategy's
+``start`` is not used.
 
 Message sequence of a run (all through one
 :class:`~fl_stream.monitor.sender.MetricsWebSocketSender`):
 
-1. ``training_mode`` once the minimum number of nodes is connected;
+1. ``training_mode`` once the strategy's minimum number of nodes is connected, with the
+   run's settings (``run_config``) when given;
 2. each round: ``round_metrics`` + ``client_metrics`` for phase ``train`` (from
    ``aggregate_train``), the same for phase ``evaluate`` (from ``aggregate_evaluate``), then
    ``round_end`` after the round's last step (centralized evaluation when it is on), its
@@ -11,23 +19,24 @@ Message sequence of a run (all through one
 3. ``training_end`` with the run id, status, best round and final metrics; if the run fails,
    ``error`` and a ``failed`` ``training_end``, then the exception propagates.
 
-The strategy knows nothing about data or models: centralized evaluation is the
-``evaluate_fn`` the ServerApp passes to :meth:`StreamingFedAvg.start`.
+Client entries name the client by the ``partition-id`` and ``device`` that
+:func:`~fl_stream.flower.mods.sys_metrics_mod` puts in the reply (else by its node id).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from logging import INFO
 from typing import Any
 
-from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, UserConfigValue
 from flwr.common.logger import log
 from flwr.serverapp import Grid
-from flwr.serverapp.strategy import FedAvg, Result
+from flwr.serverapp.strategy import Result, Strategy
 from flwr.serverapp.strategy.strategy_utils import sample_nodes
 
+from fl_stream.flower.mods import SYS_RECORD
 from fl_stream.monitor.protocol import (
     COMPLETED,
     EVAL_BY_CLIENTS,
@@ -37,65 +46,73 @@ from fl_stream.monitor.protocol import (
 )
 from fl_stream.monitor.sender import MetricsWebSocketSender
 
-__all__ = ["EvaluateFn", "StreamingFedAvg", "aggregate_metrics"]
+__all__ = ["EvaluateFn", "StreamingStrategy"]
 
 EvaluateFn = Callable[[int, ArrayRecord], MetricRecord | None]
 
 
-def aggregate_metrics(records: list[RecordDict], weighting_key: str) -> MetricRecord:
-    """Average each scalar metric over the replies, weighted by ``weighting_key``.
-
-    Unlike Flower's default, a client whose value is NaN (e.g. auroc on a one-class
-    partition) is left out of that metric's average instead of turning it into NaN.
-    """
-    sums: dict[str, float] = {}
-    weights: dict[str, float] = {}
-    for record in records:
-        metrics = next(iter(record.metric_records.values()))
-        weight = float(metrics[weighting_key])
-        for key, value in metrics.items():
-            if key == weighting_key or not isinstance(value, (int, float)):
-                continue
-            if math.isfinite(value):
-                sums[key] = sums.get(key, 0.0) + weight * value
-                weights[key] = weights.get(key, 0.0) + weight
-            else:
-                sums.setdefault(key, 0.0)
-                weights.setdefault(key, 0.0)
-    return MetricRecord(
-        {key: sums[key] / weights[key] if weights[key] > 0 else math.nan for key in sums}
-    )
-
-
-class StreamingFedAvg(FedAvg):
-    """FedAvg that streams its progress through ``sender``.
+class StreamingStrategy(Strategy):
+    """Run ``strategy`` unchanged and stream its progress through ``sender``.
 
     Args:
+        strategy: the Flower strategy that configures and aggregates the rounds.
         sender: where the messages go (the sender never blocks or raises).
-        run_id: the Flower run id, reported in ``training_end``.
+        run_id: the run id reported in ``training_end``; default: the sender's.
         best_metric: the evaluation metric that picks the best round (lowest for a loss or
             a duration, :func:`~fl_stream.monitor.protocol.lower_is_better`; else highest).
-        **fedavg_args: passed to :class:`flwr.serverapp.strategy.FedAvg`.
+        run_config: the run's settings, sent with ``training_mode`` so runs can be told
+            apart (leave secrets such as tokens out).
+
+    Raises:
+        ValueError: neither ``run_id`` nor the sender names the run.
     """
 
     def __init__(
         self,
+        strategy: Strategy,
         sender: MetricsWebSocketSender,
         *,
-        run_id: str,
+        run_id: str | None = None,
         best_metric: str = "loss",
-        **fedavg_args: Any,
+        run_config: Mapping[str, UserConfigValue | None] | None = None,
     ) -> None:
-        fedavg_args.setdefault("train_metrics_aggr_fn", aggregate_metrics)
-        fedavg_args.setdefault("evaluate_metrics_aggr_fn", aggregate_metrics)
-        super().__init__(**fedavg_args)
+        run_id = run_id or sender.run_id
+        if not run_id:
+            raise ValueError("StreamingStrategy needs a run_id (or a sender with one)")
+        self.strategy = strategy
         self.sender = sender
         self.run_id = run_id
         self.best_metric = best_metric
+        self.run_config = dict(run_config) if run_config is not None else None
         self._num_rounds = 0
         self._centralized = False
         self._fit_metrics: dict[int, dict[str, float]] = {}
         self._eval_metrics: dict[int, dict[str, float]] = {}  # rounds that ended only
+
+    def __repr__(self) -> str:
+        return f"StreamingStrategy({self.strategy!r})"
+
+    # ------------------------------------------------------------------ delegated hooks
+
+    def configure_train(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        """The wrapped strategy's training round."""
+        return self.strategy.configure_train(server_round, arrays, config, grid)
+
+    def configure_evaluate(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        """The wrapped strategy's evaluation round."""
+        return self.strategy.configure_evaluate(server_round, arrays, config, grid)
+
+    def summary(self) -> None:
+        """Log where the run streams to, then the wrapped strategy's summary."""
+        where = self.sender.websocket_uri or "its log only"
+        log(INFO, "\t├──> Streaming run %s to %s", self.run_id, where)
+        self.strategy.summary()
+
+    # ------------------------------------------------------------------ streamed hooks
 
     def start(
         self,
@@ -107,15 +124,15 @@ class StreamingFedAvg(FedAvg):
         evaluate_config: ConfigRecord | None = None,
         evaluate_fn: EvaluateFn | None = None,
     ) -> Result:
-        """Run FedAvg, streaming ``training_mode`` first and ``training_end`` last."""
+        """Run the rounds, streaming ``training_mode`` first and ``training_end`` last."""
         self._num_rounds = num_rounds
         self._centralized = evaluate_fn is not None
         self._fit_metrics.clear()
         self._eval_metrics.clear()
         try:
-            # Wait (as FedAvg would) for the nodes, so num_clients counts them all.
-            _, nodes = sample_nodes(grid, self.min_available_nodes, 0)
-            self.sender.send_training_mode(True, num_rounds, len(nodes))
+            # Wait (as the strategy will) for its nodes, so num_clients counts them all.
+            _, nodes = sample_nodes(grid, _wrapped_attr(self, "min_available_nodes", 0), 0)
+            self.sender.send_training_mode(True, num_rounds, len(nodes), config=self.run_config)
             result = super().start(
                 grid,
                 initial_arrays,
@@ -134,9 +151,9 @@ class StreamingFedAvg(FedAvg):
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        """Aggregate as FedAvg does, then stream the round's train metrics."""
+        """Aggregate with the wrapped strategy, then stream the round's train metrics."""
         replies = list(replies)
-        arrays, metrics = super().aggregate_train(server_round, replies)
+        arrays, metrics = self.strategy.aggregate_train(server_round, replies)
         self._fit_metrics[server_round] = _scalars(metrics)
         self._stream_phase(server_round, "train", replies, self._fit_metrics[server_round])
         return arrays, metrics
@@ -144,9 +161,9 @@ class StreamingFedAvg(FedAvg):
     def aggregate_evaluate(
         self, server_round: int, replies: Iterable[Message]
     ) -> MetricRecord | None:
-        """Aggregate as FedAvg does, then stream the round's evaluation metrics."""
+        """Aggregate with the wrapped strategy, then stream the round's evaluation metrics."""
         replies = list(replies)
-        metrics = super().aggregate_evaluate(server_round, replies)
+        metrics = self.strategy.aggregate_evaluate(server_round, replies)
         if replies:
             self._stream_phase(server_round, "evaluate", replies, _scalars(metrics))
         if not self._centralized:
@@ -169,7 +186,8 @@ class StreamingFedAvg(FedAvg):
     def _stream_phase(
         self, server_round: int, phase: str, replies: list[Message], metrics: dict[str, float]
     ) -> None:
-        clients = [_client_entry(reply, self.weighted_by_key) for reply in replies]
+        weighting_key = _wrapped_attr(self, "weighted_by_key", "num-examples")
+        clients = [_client_entry(reply, weighting_key) for reply in replies]
         answered = sum(1 for reply in replies if not reply.has_error())
         self.sender.send_round_metrics(
             server_round, self._num_rounds, metrics, phase=phase, num_clients=answered
@@ -178,16 +196,13 @@ class StreamingFedAvg(FedAvg):
 
     def _end_round(self, server_round: int, eval_metrics: dict[str, float]) -> None:
         self._eval_metrics[server_round] = eval_metrics
-        # send_round_end() takes no eval_source: the generic send builds the same message
-        # with it (validated against the protocol all the same).
-        data = {
-            "round": server_round,
-            "total_rounds": self._num_rounds,
-            "fit_metrics": self._fit_metrics.get(server_round, {}),
-            "eval_metrics": eval_metrics,
-            "eval_source": EVAL_BY_SERVER if self._centralized else EVAL_BY_CLIENTS,
-        }
-        self.sender.send_metrics(data, "round_end")
+        self.sender.send_round_end(
+            server_round,
+            self._num_rounds,
+            self._fit_metrics.get(server_round, {}),
+            eval_metrics,
+            eval_source=EVAL_BY_SERVER if self._centralized else EVAL_BY_CLIENTS,
+        )
         log(INFO, "Streamed round %s/%s", server_round, self._num_rounds)
 
     def _summary(self, status: str) -> dict[str, Any]:
@@ -199,7 +214,7 @@ class StreamingFedAvg(FedAvg):
         }
         pick = min if lower_is_better(self.best_metric) else max
         best_round = pick(scored, key=scored.__getitem__) if scored else None
-        last = max(self._eval_metrics, default=None)
+        last = max(self._eval_metrics, default=0)  # 0: no round ended
         final = self._eval_metrics.get(last) or self._fit_metrics.get(last) or {}
         return {
             "status": status,
@@ -207,6 +222,16 @@ class StreamingFedAvg(FedAvg):
             "final_metrics": final,
             "best_metric": self.best_metric,
         }
+
+
+def _wrapped_attr(strategy: Strategy, name: str, default: Any) -> Any:
+    """``name`` of the first strategy down the wrapping chain (``.strategy``) that has it."""
+    current: Any = strategy
+    while current is not None:
+        if hasattr(current, name):
+            return getattr(current, name)
+        current = getattr(current, "strategy", None)
+    return default
 
 
 def _scalars(metrics: MetricRecord | None) -> dict[str, float]:
@@ -227,12 +252,14 @@ def _client_entry(reply: Message, weighting_key: str) -> dict[str, Any]:
             "metrics": {},
             "error": reply.error.reason,
         }
-    client = reply.content.config_records.get("client", ConfigRecord())
+    sys_record = reply.content.config_records.get(SYS_RECORD, ConfigRecord())
     metrics = _scalars(next(iter(reply.content.metric_records.values()), None))
-    num_examples = int(metrics.pop(weighting_key, 0))
-    return {
-        "client_id": str(client.get("partition-id", node_id)),
+    entry: dict[str, Any] = {
+        "client_id": str(sys_record.get("partition-id", node_id)),
         "node_id": str(node_id),  # a string: 64-bit ids lose precision in JavaScript
-        "num_examples": num_examples,
+        "num_examples": int(metrics.pop(weighting_key, 0)),
         "metrics": metrics,
     }
+    if isinstance(device := sys_record.get("device"), str):
+        entry["device"] = device
+    return entry
