@@ -17,6 +17,7 @@ from fl_stream.monitor.sender import MetricsWebSocketSender
 from fl_stream.pneumonia.data import load_splits
 from fl_stream.pneumonia.model import build_model
 from fl_stream.pneumonia.task import evaluate, pick_device
+from fl_stream.settings import shareable
 
 app = ServerApp()
 
@@ -43,7 +44,7 @@ def main(grid: Grid, context: Context) -> None:
             build_strategy(config),
             sender,
             best_metric=config.best_metric,
-            run_config=config.reported(),
+            run_config=shareable(config),
         )
         strategy.start(
             grid=grid,

@@ -23,6 +23,7 @@ from fl_stream.monitor.runlog import read_log
 from fl_stream.pneumonia.data import synthetic_splits
 from fl_stream.pneumonia.metrics import METRIC_NAMES
 from fl_stream.pneumonia.model import build_model
+from fl_stream.settings import shareable
 from tests.support import ListeningClient, free_port, get_json
 
 IMAGE_SIZE = 16
@@ -108,7 +109,9 @@ def test_three_epoch_run_streams_the_whole_sequence(relay, tiny_data: str, tmp_p
         "num_rounds": 0,
         "num_clients": 0,
         "num_epochs": 3,
+        "config": shareable(trainer.config),
     }
+    assert "relay-token" not in messages[0]["data"]["config"]  # secrets never travel
     for epoch_end in messages[1:-1]:
         assert set(epoch_end["data"]["metrics"]) == set(METRIC_NAMES)
 

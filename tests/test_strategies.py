@@ -46,6 +46,7 @@ from fl_stream.monitor.protocol import COMPLETED, EVAL_BY_CLIENTS, METRIC_NAMES,
 from fl_stream.monitor.runlog import read_log
 from fl_stream.monitor.sender import MetricsWebSocketSender
 from fl_stream.pneumonia.task import proximal_term
+from fl_stream.settings import shareable
 from tests.support import ListeningClient
 from tests.test_strategy import DEVICE, RUN_ID, SMALL, SYS_METRICS, DirectGrid, start
 
@@ -84,7 +85,7 @@ def test_the_apps_strategies_stream_a_complete_run_through_the_relay(name, relay
             relay.ws_url, run_id=str(RUN_ID), log_path=tmp_path / "run.jsonl"
         ) as sender:
             strategy = StreamingStrategy(
-                build_strategy(config), sender, run_config=config.reported()
+                build_strategy(config), sender, run_config=shareable(config)
             )
             result = start(strategy)
             assert sender.flush(10.0)
@@ -271,7 +272,7 @@ def test_strategy_keys_are_validated_by_name(run_config, message):
 
 
 def test_the_reported_settings_leave_the_token_out():
-    reported = RunConfig(relay_token="s3cret", strategy="fedadam").reported()
+    reported = shareable(RunConfig(relay_token="s3cret", strategy="fedadam"))
     assert reported["strategy"] == "fedadam" and reported["eta"] == RunConfig().eta
     assert "relay-token" not in reported and "s3cret" not in reported.values()
     assert RunConfig.from_run_config(reported) == RunConfig(strategy="fedadam")

@@ -32,6 +32,7 @@ from fl_stream.monitor.protocol import (
 from fl_stream.monitor.runlog import read_log
 from fl_stream.monitor.sender import MetricsWebSocketSender
 from fl_stream.pneumonia.model import build_model
+from fl_stream.settings import shareable
 from server_app import centralized_evaluation
 from tests.support import ListeningClient, free_port
 
@@ -120,7 +121,7 @@ def test_hooks_stream_the_whole_run_to_a_listening_dashboard(relay, tmp_path):
     log_path = tmp_path / "run.jsonl"
     with ListeningClient(relay.ws_url) as dashboard:
         with MetricsWebSocketSender(relay.ws_url, run_id=str(RUN_ID), log_path=log_path) as sender:
-            settings = RunConfig(relay_token="s3cret").reported()
+            settings = shareable(RunConfig(relay_token="s3cret"))
             result = _run(
                 sender, evaluate_fn=centralized_evaluation(RunConfig()), settings=settings
             )

@@ -11,13 +11,11 @@ Run it with ``fl-stream train-centralized`` or ``python -m fl_stream.centralized
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
 import torch
 from torch.utils.data import DataLoader
@@ -40,6 +38,7 @@ from fl_stream.settings import (
     finite_at_least,
     one_of,
     setting,
+    shareable,
     validate,
 )
 
@@ -231,7 +230,7 @@ class CentralizedTrainer:
                 num_rounds=0,
                 num_clients=0,
                 num_epochs=self.config.epochs,
-                config=_reported(self.config),
+                config=shareable(self.config),
             )
             try:
                 result = self._train(sender)
@@ -307,15 +306,6 @@ class CentralizedTrainer:
             save_path=self.save_path,
             log_path=self.log_path,
         )
-
-
-def _reported(config: CentralizedConfig) -> dict[str, Any]:
-    """The settings by option name (``batch-size``), for ``training_mode``; the token left out."""
-    return {
-        field.name.replace("_", "-"): getattr(config, field.name)
-        for field in dataclasses.fields(config)
-        if field.repr
-    }
 
 
 def _prefixed(phase: str, metrics: dict[str, float]) -> dict[str, float]:

@@ -10,7 +10,6 @@ and the relay.
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -135,14 +134,6 @@ class RunConfig:
             ConfigError: an unknown key, or a value of the wrong type or out of range.
         """
         return from_mapping(cls, run_config, source="run-config")
-
-    def reported(self) -> dict[str, Any]:
-        """The settings by run-config key, for ``training_mode``; secrets (the token) left out."""
-        return {
-            field.name.replace("_", "-"): getattr(self, field.name)
-            for field in dataclasses.fields(self)
-            if field.repr
-        }
 
     def log_path(self, run_id: str) -> Path:
         """The JSONL log of run ``run_id``, as an absolute path.

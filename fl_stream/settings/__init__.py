@@ -28,14 +28,31 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import math
 import types
 import typing
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import MISSING, dataclass
 from pathlib import Path
 from typing import Any, NoReturn, TypeVar
-from urllib.parse import urlsplit
+
+from fl_stream.settings.rules import (
+    BATCH_SIZE,
+    FRACTION,
+    IMAGE_SIZE,
+    NON_NEGATIVE_INT,
+    ORIGIN,
+    PORT,
+    POSITIVE_FRACTION,
+    POSITIVE_INT,
+    POSITIVE_NUMBER,
+    WS_URL,
+    Rule,
+    SettingError,
+    at_least,
+    finite_at_least,
+    one_of,
+)
+from fl_stream.settings.rules import invalid as _invalid
 
 __all__ = [
     "BATCH_SIZE",
@@ -60,6 +77,7 @@ __all__ = [
     "option_name",
     "parse_args",
     "setting",
+    "shareable",
     "validate",
 ]
 
@@ -73,89 +91,6 @@ _TYPE_WORDS = {
     str: "a string",
     Path: "a path",
 }
-
-
-class SettingError(ValueError):
-    """A setting was refused; the message names its key as the source spells it."""
-
-
-def _invalid(key: str, shown: str, expected: str) -> SettingError:
-    return SettingError(f"{key} = {shown} is invalid: expected {expected}")
-
-
-# --------------------------------------------------------------------------- rules
-
-
-@dataclass(frozen=True)
-class Rule:
-    """A check on a setting's value and, in words, what it accepts.
-
-    ``choices`` lists the accepted values when they can be listed (the command line offers
-    them as argparse choices). The type is checked before the rule, so ``test`` only sees
-    values of the field's type. A rule on a tuple field applies to each item.
-    """
-
-    test: Callable[[Any], bool]
-    expected: str
-    choices: tuple[Any, ...] | None = None
-
-    def accepts(self, value: Any) -> bool:
-        """Whether ``value`` passes the rule."""
-        return bool(self.test(value))
-
-
-def at_least(minimum: int, why: str = "") -> Rule:
-    """An integer >= ``minimum``; ``why``, when given, follows in brackets."""
-    reason = f" ({why})" if why else ""
-    return Rule(lambda value: value >= minimum, f"an integer >= {minimum}{reason}")
-
-
-def finite_at_least(minimum: float) -> Rule:
-    """A finite number >= ``minimum``."""
-    return Rule(
-        lambda value: math.isfinite(value) and value >= minimum,
-        f"a finite number >= {minimum:g}",
-    )
-
-
-def one_of(options: Iterable[Any]) -> Rule:
-    """One of ``options``."""
-    allowed = tuple(options)
-    return Rule(lambda value: value in allowed, f"one of {', '.join(map(str, allowed))}", allowed)
-
-
-def _is_ws_url(value: str) -> bool:
-    if value == "":
-        return True
-    try:
-        parts = urlsplit(value)
-    except ValueError:
-        return False
-    return parts.scheme in ("ws", "wss") and bool(parts.netloc)
-
-
-def _is_origin(value: str) -> bool:
-    try:
-        parts = urlsplit(value)
-    except ValueError:
-        return False
-    return (
-        parts.scheme in ("http", "https")
-        and bool(parts.hostname)
-        and not (parts.path or parts.query or parts.fragment)
-    )
-
-
-POSITIVE_INT = at_least(1)
-NON_NEGATIVE_INT = at_least(0)
-BATCH_SIZE = at_least(2, "BatchNorm needs two examples")
-IMAGE_SIZE = at_least(8)  # the data loaders refuse smaller images too
-POSITIVE_NUMBER = Rule(lambda value: math.isfinite(value) and value > 0, "a number > 0")
-FRACTION = Rule(lambda value: 0.0 <= value <= 1.0, "a fraction in [0, 1]")
-POSITIVE_FRACTION = Rule(lambda value: 0.0 < value <= 1.0, "a fraction in (0, 1]")
-PORT = Rule(lambda value: 0 <= value <= 65535, "a port number 0-65535")
-WS_URL = Rule(_is_ws_url, 'a ws:// or wss:// URL, or "" to stream to the log file only')
-ORIGIN = Rule(_is_origin, "an origin such as http://host:8080 (no path, no trailing /)")
 
 
 # --------------------------------------------------------------------------- declaring
@@ -340,6 +275,14 @@ def from_mapping(cls: type[T], raw: Mapping[str, Any], *, source: str = "") -> T
         raise SettingError(f"unknown {where}keys {unknown}; known keys: {sorted(names)}")
     values = {names[key]: value for key, value in raw.items()}
     return _build(cls, values, lambda name: f"{where}{_dashed(name)}")
+
+
+def shareable(obj: Any) -> dict[str, Any]:
+    """The settings of ``obj`` by dashed key (``batch-size``), hidden ones (tokens) left out.
+
+    What a run reports about itself, e.g. as ``training_mode``'s ``config``.
+    """
+    return {_dashed(f.name): getattr(obj, f.name) for f in _fields(obj) if f.repr}
 
 
 def _dashed(name: str) -> str:
