@@ -8,6 +8,7 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from fl_stream.monitor.protocol import (
     DEFAULT_RELAY_HOST,
@@ -21,9 +22,12 @@ from fl_stream.settings import (
     ORIGIN,
     PORT,
     POSITIVE_INT,
+    POSITIVE_NUMBER,
     OneLineErrorParser,
+    Rule,
     SettingError,
     add_arguments,
+    finite_at_least,
     one_of,
     setting,
     validate,
@@ -35,6 +39,26 @@ __all__ = ["RelayConfig", "build_parser", "parse_args"]
 DATA_DIR_ENV = "FL_STREAM_DATA_DIR"
 DEFAULT_DB = "relay.db"
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+
+
+def _is_http_url(value: str, *, bare: bool = False) -> bool:
+    """An http(s) URL with a host; ``bare``: no query, fragment or user name either."""
+    try:
+        parts = urlsplit(value)
+        parts.port  # noqa: B018 - raises ValueError for a port that is not a number
+    except ValueError:
+        return False
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        return False
+    return not (bare and (parts.query or parts.fragment or "@" in parts.netloc))
+
+
+WEBHOOK_URL = Rule(_is_http_url, "an http:// or https:// URL, e.g. https://hooks.example.com/fl")
+PUBLIC_URL = Rule(
+    lambda value: _is_http_url(value, bare=True),
+    "an http:// or https:// URL with no query, fragment or user name, "
+    "e.g. https://example.com/fl-stream",
+)
 
 
 def default_db() -> Path:
@@ -88,6 +112,46 @@ class RelayConfig:
         None, help="TLS certificate chain (PEM): serve wss:// and https://; needs --keyfile"
     )
     keyfile: Path | None = setting(None, help="the private key (PEM) of --certfile")
+    alert_webhooks: tuple[str, ...] = setting(
+        (),
+        check=WEBHOOK_URL,
+        flag="--alert-webhook",
+        metavar="URL",
+        repr=False,  # webhook URLs often hold a secret: never in a log line or an error
+        help="POST a JSON alert here when a run fails, stops early, completes or stalls "
+        "(repeatable)",
+        group="alerts",
+    )
+    public_url: str | None = setting(
+        None,
+        check=PUBLIC_URL,
+        metavar="URL",
+        help="the dashboard's address in alert links, for a relay behind a proxy",
+        default_help="the relay's own http(s)://host:port",
+        group="alerts",
+    )
+    stall_factor: float = setting(
+        5.0,
+        check=finite_at_least(1.0),
+        metavar="FACTOR",
+        help="a running run is stalled after this many of its median round or epoch "
+        "intervals without a message",
+        group="alerts",
+    )
+    stall_floor: float = setting(
+        60.0,
+        check=POSITIVE_NUMBER,
+        metavar="SECONDS",
+        help="the shortest silence that is a stall, however fast the run",
+        group="alerts",
+    )
+    alert_timeout: float = setting(
+        5.0,
+        check=POSITIVE_NUMBER,
+        metavar="SECONDS",
+        help="how long one delivery attempt waits for the webhook",
+        group="alerts",
+    )
     log_level: str = setting(
         "INFO", check=one_of(LOG_LEVELS), parse=str.upper, help="log level, in any case"
     )

@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import sqlite3
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -100,6 +101,7 @@ class Hub:
         self._routing = Routing()
         self._pending: list[_Pending] = []
         self._flush_handle: asyncio.Handle | None = None
+        self.on_commit: Callable[[Message], None] | None = None  # sees each committed message
 
     # ----------------------------------------------------------------------- connections
 
@@ -250,6 +252,8 @@ class Hub:
                 self._fan_out(run_id, pending.frame, pending.publisher)
                 if self.runs.record(pending.message):
                     changed[run_id] = None
+                if self.on_commit is not None:  # alerts (relay/alerts.py)
+                    self.on_commit(pending.message)
             self._send(pending.publisher, pending.reply)
         for run_id in changed:
             self._announce(run_id)
@@ -385,10 +389,6 @@ async def _close_slow_consumer(websocket: ServerConnection) -> None:
             await websocket.close(SLOW_CONSUMER, "slow consumer")
     except TimeoutError:
         websocket.transport.abort()
-
-
-def _store_failure(exc: sqlite3.Error) -> str:
-    return f"relay could not store the message ({exc}); send it again later"
 
 
 def _peer(websocket: ServerConnection) -> str:

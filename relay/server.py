@@ -3,7 +3,8 @@
 :func:`run_relay` opens the store, loads the run summaries, listens (TLS with ``--certfile``),
 prints one ready line, and serves until SIGINT or SIGTERM; then it stops accepting, commits,
 closes every client with 1001 (going away) and closes the store, all within
-:data:`SHUTDOWN_GRACE` seconds plus the abort of stragglers.
+:data:`SHUTDOWN_GRACE` seconds plus the abort of stragglers, and up to
+:data:`ALERT_GRACE` seconds more while webhook alerts are still being delivered.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from websockets.datastructures import Headers
 from websockets.http11 import Request, Response
 
 from relay.access import Access, Gate
+from relay.alerts import Alerts, relay_url
 from relay.clients import Role
 from relay.config import RelayConfig
 from relay.http import HttpRoutes
@@ -38,6 +40,8 @@ logger = logging.getLogger("relay")
 SHUTDOWN_GRACE = 1.5
 # Seconds between copies of the SQLite write-ahead log into the database file.
 CHECKPOINT_INTERVAL = 1.0
+# Seconds a graceful shutdown waits for the alert deliveries still pending.
+ALERT_GRACE = 3.0
 
 
 class RelayStartError(RuntimeError):
@@ -57,9 +61,31 @@ def open_store(config: RelayConfig) -> tuple[MessageStore, RunIndex]:
         return store, RunIndex.load(store)
     except (sqlite3.Error, ValueError, KeyError) as exc:
         store.close()
-        raise RelayStartError(
-            f"cannot read database {config.db}: {exc}; it may be damaged: pass another --db"
-        ) from None
+        raise _unreadable(config, exc) from None
+
+
+def load_alerts(config: RelayConfig, store: MessageStore, runs: RunIndex) -> Alerts:
+    """The alerts of ``--alert-webhook``, aware of what the store already alerted."""
+    alerts = Alerts(
+        config.alert_webhooks,
+        runs,
+        stall_factor=config.stall_factor,
+        stall_floor=config.stall_floor,
+        timeout=config.alert_timeout,
+        public_url=config.public_url,
+    )
+    if alerts.enabled:
+        try:
+            alerts.load(store)
+        except (sqlite3.Error, ValueError, KeyError) as exc:
+            raise _unreadable(config, exc) from None
+    return alerts
+
+
+def _unreadable(config: RelayConfig, exc: Exception) -> RelayStartError:
+    return RelayStartError(
+        f"cannot read database {config.db}: {exc}; it may be damaged: pass another --db"
+    )
 
 
 def tls_context(config: RelayConfig) -> ssl.SSLContext | None:
@@ -86,12 +112,16 @@ async def run_relay(config: RelayConfig) -> None:
     tls = tls_context(config)
     store, runs = open_store(config)
     try:
+        alerts = load_alerts(config, store, runs)
         gate = Gate(config.token, config.viewer_token, set(config.allowed_origins))
         hub = Hub(store, runs, gate, config.max_buffer_bytes)
-        routes = HttpRoutes(store, runs, gate, hub.summary)
+        if alerts.enabled:
+            hub.on_commit = alerts.observe
+        routes = HttpRoutes(store, runs, gate, lambda: {**hub.summary(), **alerts.summary()})
         server = await _listen(config, tls, hub, routes, gate)
         port = server.sockets[0].getsockname()[1]
         web, ws = ("https", "wss") if tls else ("http", "ws")
+        alerts.start(relay_url(web, config.host, port))  # before the loop admits anyone
         gate.allowed_origins |= {
             f"{web}://127.0.0.1:{port}",
             f"{web}://localhost:{port}",
@@ -107,7 +137,9 @@ async def run_relay(config: RelayConfig) -> None:
         await _until_signal()
         logger.info("shutting down")
         stopping.set()
+        alerts.stop_checks()
         await _shut_down(server, hub)
+        await alerts.close(ALERT_GRACE)  # the alerts of the last messages too
         await checkpoints  # a checkpoint under way finishes before the store closes
     finally:
         store.close()
