@@ -10,15 +10,16 @@ from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 from torch.utils.data import DataLoader, TensorDataset
 
-from fl_stream.flower import sys_metrics_mod
+from fl_stream.flower import current_reporter, progress_mod, sys_metrics_mod
 from fl_stream.flower.config import RunConfig
 from fl_stream.pneumonia.data import client_datasets
 from fl_stream.pneumonia.model import build_model
 from fl_stream.pneumonia.task import evaluate as evaluate_model
 from fl_stream.pneumonia.task import pick_device, proximal_term, train_epoch
 
-# The mod adds each call's wall time, throughput, memory and device to the reply.
-app = ClientApp(mods=[sys_metrics_mod])
+# The mods add each call's wall time, throughput, memory and device to the reply, and stream
+# its live progress (epoch, batch, examples per second, running loss) to the relay.
+app = ClientApp(mods=[sys_metrics_mod, progress_mod])
 
 
 @app.train()
@@ -38,8 +39,10 @@ def train(msg: Message, context: Context) -> Message:
     mu = cast(float, train_config.get("proximal-mu", 0.0))
     penalty = proximal_term(model, mu) if mu > 0 else None
 
-    for _ in range(config.local_epochs):
-        metrics = train_epoch(model, loader, optimizer, device, penalty)
+    progress = current_reporter()
+    for epoch in range(1, config.local_epochs + 1):
+        progress.epoch_started(epoch, config.local_epochs)
+        metrics = train_epoch(model, loader, optimizer, device, penalty, progress.batch_done)
 
     # The last epoch's metrics describe the model this client sends back.
     metrics["num-examples"] = len(train_set)
@@ -54,7 +57,9 @@ def evaluate(msg: Message, context: Context) -> Message:
     model = _received_model(msg, config)
     _, eval_set = _local_data(context, config)
     loader = DataLoader(eval_set, batch_size=max(config.batch_size, 128))
-    metrics = evaluate_model(model, loader, pick_device())
+    progress = current_reporter()
+    progress.epoch_started(1, 1)  # the throughput clock starts here, after the set-up
+    metrics = evaluate_model(model, loader, pick_device(), progress.batch_done)
     metrics["num-examples"] = len(eval_set)
     return _reply(msg, metrics)
 

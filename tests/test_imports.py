@@ -30,6 +30,9 @@ LIGHT_MODULES = (
     "fl_stream.monitor",
     "fl_stream.monitor.sender",
     "fl_stream.monitor.protocol",
+    "fl_stream.monitor.control",
+    "fl_stream.monitor.envelope",
+    "fl_stream.monitor.progress",
     "fl_stream.monitor.runlog",
 )
 

@@ -59,7 +59,17 @@ VALID_DATA: dict[str, dict[str, Any]] = {
         "reason": "val_auroc did not improve for 3 epochs",
     },
     "error": {"error": "CUDA out of memory", "error_type": "RuntimeError"},
+    "client_progress": {
+        "round": 2,
+        "phase": "train",
+        "client_id": "0",
+        "epoch": 1,
+        "num_epochs": 3,
+        "batch": 4,
+        "num_batches": 10,
+    },
 }
+PROGRESS = VALID_DATA["client_progress"]
 
 
 def test_every_type_of_the_design_has_a_valid_example() -> None:
@@ -254,6 +264,53 @@ def test_values_that_cannot_be_encoded_name_their_field(metrics: dict, error: st
             {**VALID_DATA["round_end"], "eval_source": "gpu"},
             r"^data\.eval_source: expected one of 'clients', 'server', got 'gpu'",
         ),
+        (
+            "client_progress",
+            {**PROGRESS, "phase": "val"},
+            r"^data\.phase: expected one of 'train', 'evaluate', got 'val'",
+        ),
+        (
+            "client_progress",
+            {**PROGRESS, "epoch": 0},
+            r"^data\.epoch: expected an integer >= 1, got 0",
+        ),
+        (
+            "client_progress",
+            {**PROGRESS, "num_epochs": 0, "epoch": 0},
+            r"^data\.epoch: expected an integer >= 1",
+        ),
+        ("client_progress", {**PROGRESS, "batch": -1}, r"^data\.batch: expected an integer >= 0"),
+        (
+            "client_progress",
+            {**PROGRESS, "batch": 11},
+            r"^data\.batch: expected batch <= num_batches, got 11 > 10",
+        ),
+        (
+            "client_progress",
+            {**PROGRESS, "epoch": 4},
+            r"^data\.epoch: expected epoch <= num_epochs, got 4 > 3",
+        ),
+        (
+            "client_progress",
+            {**PROGRESS, "client_id": 0},
+            r"^data\.client_id: expected a string, got 0",
+        ),
+        (
+            "client_progress",
+            {**PROGRESS, "examples_per_second": -0.5},
+            r"^data\.examples_per_second: expected a finite number >= 0, got -0.5",
+        ),
+        (
+            "client_progress",
+            {**PROGRESS, "examples_per_second": "Infinity"},
+            r"^data\.examples_per_second: expected a finite number >= 0",
+        ),
+        (
+            "client_progress",
+            {**PROGRESS, "metrics": {"loss": "low"}},
+            r"^data\.metrics\.loss: .* got 'low'",
+        ),
+        ("client_progress", {**PROGRESS, "node_id": 7}, r"^data\.node_id: expected a string"),
     ],
 )
 def test_invalid_fields_are_named(message_type: str, data: dict, error: str) -> None:
@@ -440,6 +497,10 @@ def test_fields_beyond_the_original_are_declared_optional() -> None:
         ("training_end", {"best_round": 2, "best_metric": "loss"}),
         ("round_metrics", {"phase": "train", "num_clients": 2}),
         ("training_mode", {"num_epochs": 5}),
+        (
+            "client_progress",
+            {"node_id": "81", "examples_per_second": 0, "metrics": {"loss": 0.4, "acc": None}},
+        ),
     ]:
         required, optional = MESSAGE_TYPES[message_type]
         assert set(extra) - {"clients"} <= set(optional), message_type
@@ -479,3 +540,32 @@ def test_run_status_follows_the_last_end_message() -> None:
         end = make_message("training_end", {**VALID_DATA["training_end"], "status": status})
         assert run_status(end) == status
     assert set(protocol.STATUS_LABELS) == {protocol.RUNNING, *RUN_STATUSES}
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"batch": 10, "num_batches": 10, "epoch": 3, "num_epochs": 3},  # the last batch
+        {"batch": 0, "num_batches": 0},  # an epoch of no batches, before it starts
+        {"epoch": 1, "num_epochs": 1, "phase": "evaluate", "round": 0},
+    ],
+)
+def test_client_progress_bounds_are_inclusive(fields: dict) -> None:
+    assert make_message("client_progress", {**PROGRESS, **fields})["data"]["batch"] >= 0
+
+
+def test_the_relations_are_checked_and_described() -> None:
+    assert [relation.description for relation in protocol.MESSAGE_RELATIONS["client_progress"]] == [
+        "epoch <= num_epochs",
+        "batch <= num_batches",
+    ]
+    described = protocol.describe()["message_types"]
+    assert described["client_progress"]["relations"] == [
+        "epoch <= num_epochs",
+        "batch <= num_batches",
+    ]
+    assert "relations" not in described["epoch_end"]  # only types that have some
+    text = encode_message(make_message("client_progress", {**PROGRESS, "batch": 10}))
+    assert decode_message(text)["data"]["batch"] == 10
+    with pytest.raises(MessageError, match=r"^data\.batch: expected batch <= num_batches"):
+        decode_message(text.replace('"batch":10', '"batch":12'))

@@ -5,8 +5,8 @@ dashboard loads it from there. These tests fail when the two could disagree: the
 document differs from the module, the document leaves out part of the message tables, a file
 of the dashboard declares a constant of its own (a metric list, a status, a label, the default
 run), the page's styles name a status the protocol does not have, or docs/protocol.md misses a
-field. That the page runs on the served document is checked in a real browser by
-``tests/test_dashboard.py::test_the_pages_constants_come_from_the_relay``.
+field or a relation between fields. That the page runs on the served document is checked in a
+real browser by ``tests/test_dashboard.py::test_the_pages_constants_come_from_the_relay``.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from fl_stream.monitor import protocol
-from fl_stream.monitor.checks import check_fields
+from fl_stream.monitor.checks import check_fields, describe
 from tests.support import RelayProcess, get_json, publish
 
 REPO = Path(__file__).resolve().parents[1]
@@ -75,6 +75,11 @@ def test_the_document_holds_every_message_type_and_field() -> None:
         for name, (required, optional) in table.items():
             assert set(document[key][name]["required"]) == set(required), name
             assert set(document[key][name]["optional"]) == set(optional), name
+    for name, relations in protocol.MESSAGE_RELATIONS.items():
+        assert name in protocol.MESSAGE_TYPES
+        assert document["message_types"][name]["relations"] == [
+            describe(relation) for relation in relations
+        ]
     required, optional = protocol.CLIENT_ENTRY
     assert document["client_entry"] == {
         "required": {name: document["client_entry"]["required"][name] for name in required},
@@ -151,5 +156,11 @@ def test_docs_name_every_type_and_field() -> None:
         for fields in protocol.CLIENT_ENTRY
         for field in fields
         if f"`{field}`" not in text
+    ]
+    missing += [
+        f"{name}: {describe(relation)}"
+        for name, relations in protocol.MESSAGE_RELATIONS.items()
+        for relation in relations
+        if f"`{describe(relation)}`" not in text
     ]
     assert not missing, f"docs/protocol.md does not mention: {', '.join(missing)}"

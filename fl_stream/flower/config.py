@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from fl_stream.flower.strategies import STRATEGIES
+from fl_stream.monitor.progress import DEFAULT_INTERVAL
 from fl_stream.monitor.protocol import DEFAULT_RELAY_URL, METRIC_NAMES, RELAY_TOKEN_ENV
 from fl_stream.monitor.runlog import DEFAULT_LOG_DIR, default_log_path
 from fl_stream.pneumonia.data import PARTITIONINGS
@@ -122,6 +123,11 @@ class RunConfig:
         "", repr=False, help=f"publisher token (empty: ${RELAY_TOKEN_ENV} when set)"
     )
     metrics_log_dir: str = setting(DEFAULT_LOG_DIR, help="folder of <run_id>.jsonl")
+    progress_interval: float = setting(
+        DEFAULT_INTERVAL,
+        check=finite_at_least(0),
+        help="seconds between a client's live progress reports (0: none)",
+    )
 
     def __post_init__(self) -> None:
         validate(self)

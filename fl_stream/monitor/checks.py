@@ -3,7 +3,9 @@
 A check is a plain predicate (``check(value) -> bool``, fast: validation runs on the training
 thread for every message) with a ``description`` attribute, the text an error message gives
 after "expected". :func:`check_fields` applies a table of them to a ``data`` object and names
-the innermost offending field when one fails, e.g. ``data.clients[0].metrics.loss``.
+the innermost offending field when one fails, e.g. ``data.clients[0].metrics.loss``. A
+:data:`Relation` is a rule between fields of one object (``batch <= num_batches``, made by
+:func:`at_most`), which :func:`check_fields` applies once the fields themselves passed.
 
 :mod:`fl_stream.monitor.protocol` declares the messages and re-exports what callers need from
 here (``MessageError``, ``NON_FINITE``); import from there.
@@ -12,8 +14,7 @@ here (``MessageError``, ``NON_FINITE``); import from there.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
-from datetime import datetime
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 __all__ = [
@@ -24,9 +25,9 @@ __all__ = [
     "Check",
     "Fields",
     "MessageError",
-    "check_envelope",
+    "Relation",
+    "at_most",
     "check_fields",
-    "check_nesting",
     "describe",
     "describe_fields",
     "is_bool",
@@ -35,14 +36,16 @@ __all__ = [
     "is_int",
     "is_metric_value",
     "is_metrics",
+    "is_non_negative",
     "is_number",
+    "is_positive",
     "is_text",
     "is_unicode",
     "json_kind",
     "list_of",
+    "mismatch",
     "one_of",
     "optional",
-    "too_deep",
 ]
 
 Check = Callable[[Any], bool]
@@ -61,24 +64,16 @@ class MessageError(ValueError):
     """A message does not follow the wire format; the text names the offending field."""
 
 
+# A rule between fields of one object: ``relation(data, path)`` is the error, or None.
+Relation = Callable[[Mapping[str, Any], str], MessageError | None]
+
+
 def _described(description: str) -> Callable[[Check], Check]:
     def attach(check: Check) -> Check:
         check.description = description  # type: ignore[attr-defined]
         return check
 
     return attach
-
-
-@_described("an integer")
-def is_int(value: Any) -> bool:
-    return (
-        isinstance(value, int) and not isinstance(value, bool) and INT64_MIN <= value <= INT64_MAX
-    )
-
-
-@_described("an integer >= 0")
-def is_count(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= INT64_MAX
 
 
 INT64_RANGE = "integers must fit in 64 bits (-2**63 to 2**63-1)"
@@ -90,8 +85,22 @@ def _int_out_of_range(value: Any, path: str) -> MessageError | None:
     return None
 
 
-is_int.locate = _int_out_of_range  # type: ignore[attr-defined]
-is_count.locate = _int_out_of_range  # type: ignore[attr-defined]
+def _integer(minimum: int, description: str) -> Check:
+    """A check for a 64-bit integer >= ``minimum`` (never a bool)."""
+
+    def check(value: Any) -> bool:
+        return (
+            isinstance(value, int) and not isinstance(value, bool) and minimum <= value <= INT64_MAX
+        )
+
+    check.description = description  # type: ignore[attr-defined]
+    check.locate = _int_out_of_range  # type: ignore[attr-defined]
+    return check
+
+
+is_int = _integer(INT64_MIN, "an integer")
+is_count = _integer(0, "an integer >= 0")
+is_positive = _integer(1, "an integer >= 1")
 
 
 @_described('a finite number or "NaN"/"Infinity"/"-Infinity"')
@@ -101,6 +110,11 @@ def is_number(value: Any) -> bool:
     if isinstance(value, int):  # never infinite, however large (math.isfinite would overflow)
         return not isinstance(value, bool)
     return isinstance(value, str) and value in NON_FINITE
+
+
+@_described("a finite number >= 0")
+def is_non_negative(value: Any) -> bool:
+    return is_number(value) and not isinstance(value, str) and value >= 0
 
 
 @_described('a number, "NaN"/"Infinity"/"-Infinity" or null')
@@ -122,7 +136,7 @@ def _first_bad_metric(value: Any, path: str) -> MessageError | None:
     if isinstance(value, dict):
         for key, item in value.items():
             if not is_metric_value(item):
-                return _mismatch(f"{path}.{key}", is_metric_value, item)
+                return mismatch(f"{path}.{key}", is_metric_value, item)
     return None
 
 
@@ -251,6 +265,20 @@ def list_of(name: str, fields: Fields) -> Check:
     return check
 
 
+def at_most(field: str, bound: str) -> Relation:
+    """A relation: ``field <= bound`` when both are present (the error names ``field``)."""
+    description = f"{field} <= {bound}"
+
+    def relation(data: Mapping[str, Any], path: str) -> MessageError | None:
+        if field in data and bound in data and data[field] > data[bound]:
+            shown = f"{_shown(data[field])} > {_shown(data[bound])}"
+            return MessageError(f"{path}.{field}: expected {description}, got {shown}")
+        return None
+
+    relation.description = description  # type: ignore[attr-defined]
+    return relation
+
+
 _MISSING = object()
 
 
@@ -260,8 +288,9 @@ def check_fields(
     optional_fields: Mapping[str, Check],
     path: str = "data",
     absent: Any = _MISSING,
+    relations: Sequence[Relation] = (),
 ) -> None:
-    """Check ``data`` against a table of fields.
+    """Check ``data`` against a table of fields, then against ``relations`` between them.
 
     A missing required field is reported as missing, unless ``absent`` is given: then it is
     checked as that value (a list entry's missing field reads as null).
@@ -277,89 +306,41 @@ def check_fields(
         else:
             value = data[field]
         if not check(value):
-            raise _mismatch(f"{path}.{field}", check, value)
+            raise mismatch(f"{path}.{field}", check, value)
     for field, check in optional_fields.items():
         if field in data and not check(data[field]):
-            raise _mismatch(f"{path}.{field}", check, data[field])
+            raise mismatch(f"{path}.{field}", check, data[field])
+    for relation in relations:
+        error = relation(data, path)
+        if error is not None:
+            raise error
 
 
-def check_envelope(message: Any, optional_fields: Mapping[str, Check]) -> None:
-    """Check a message's envelope: ``type``, ``timestamp``, ``data`` and ``optional_fields``.
-
-    Raises:
-        MessageError: the first problem, naming the field.
-    """
-    if not isinstance(message, dict):
-        raise MessageError(f"message: expected a JSON object, got {json_kind(message)}")
-    for field in ("type", "timestamp", "data"):
-        if field not in message:
-            raise MessageError(f"{field}: missing; every message needs type, timestamp, data")
-    if not isinstance(message["type"], str) or not message["type"]:
-        raise MessageError("type: expected a non-empty string")
-    if not is_unicode(message["type"]):
-        raise _not_unicode(message["type"], "type")  # type: ignore[misc]
-    _check_timestamp(message["timestamp"])
-    if not isinstance(message["data"], dict):
-        raise MessageError(f"data: expected a JSON object, got {json_kind(message['data'])}")
-    for field, check in optional_fields.items():
-        if field in message and not check(message[field]):
-            raise _mismatch(field, check, message[field])
-
-
-def check_nesting(value: Any, limit: int) -> None:
-    """Check that ``value`` nests objects and arrays at most ``limit`` levels deep.
-
-    ``{}`` is 1 level, ``{"a": []}`` 2. The walk stops at ``limit``, so a hostile depth
-    cannot exhaust the stack.
-
-    Raises:
-        MessageError: it nests deeper.
-    """
-    if isinstance(value, (dict, list)) and not _nests_within(value, limit):
-        raise too_deep(limit)
-
-
-def too_deep(limit: int) -> MessageError:
-    """The error for a message nested deeper than ``limit`` levels."""
-    return MessageError(f"message: nested deeper than {limit} levels of objects and arrays")
-
-
-def _nests_within(container: dict[str, Any] | list[Any], levels: int) -> bool:
-    if levels <= 0:
-        return False
-    for child in container.values() if isinstance(container, dict) else container:
-        if isinstance(child, (dict, list)) and not _nests_within(child, levels - 1):
-            return False
-    return True
-
-
-def _check_timestamp(value: Any) -> None:
-    if not isinstance(value, str):
-        raise MessageError("timestamp: expected an ISO-8601 string")
-    if not value.isascii():  # fromisoformat() takes any character between date and time
-        raise MessageError(f"timestamp: {value[:40]!r} is not ISO-8601 (ASCII only)")
-    try:
-        datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        raise MessageError(f"timestamp: {value[:40]!r} is not ISO-8601") from None
-
-
-def describe(check: Check) -> str:
-    """What ``check`` accepts, as error messages and the protocol document say it."""
+def describe(check: Check | Relation) -> str:
+    """What ``check`` (or a relation) accepts, as errors and the protocol document say it."""
     return getattr(check, "description", None) or check.__name__
 
 
-def describe_fields(fields: Fields) -> dict[str, dict[str, str]]:
-    """A table of fields as JSON: ``{"required": {name: what}, "optional": {...}}``."""
+def describe_fields(fields: Fields, relations: Sequence[Relation] = ()) -> dict[str, Any]:
+    """A table of fields as JSON: ``{"required": {name: what}, "optional": {...}}``.
+
+    With ``relations``, also ``"relations": ["batch <= num_batches", ...]``.
+    """
     required, optional_fields = fields
-    return {
+    document: dict[str, Any] = {
         "required": {name: describe(check) for name, check in required.items()},
         "optional": {name: describe(check) for name, check in optional_fields.items()},
     }
+    if relations:
+        document["relations"] = [describe(relation) for relation in relations]
+    return document
 
 
-def _mismatch(path: str, check: Check, value: Any) -> MessageError:
-    """Describe a failed check at the innermost offending field, e.g. ``data.metrics.loss``."""
+def mismatch(path: str, check: Check, value: Any) -> MessageError:
+    """The error for ``value`` failing ``check`` at ``path``, at its innermost offending field.
+
+    E.g. ``data.metrics.loss: expected a number ...`` for a bad metric of ``data.metrics``.
+    """
     locate = getattr(check, "locate", None)
     inner = locate(value, path) if locate is not None else None
     return inner or MessageError(f"{path}: expected {describe(check)}, got {_shown(value)}")

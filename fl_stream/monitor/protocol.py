@@ -6,20 +6,22 @@ sender) so the relay can drop resent duplicates; the relay adds ``seq`` (1, 2, 3
 Non-finite numbers travel as the strings ``"NaN"``, ``"Infinity"``, ``"-Infinity"``.
 
 Declared here: every message type with its required and optional ``data`` fields
-(:data:`MESSAGE_TYPES`), the control types (:data:`CONTROL_TYPES`), run statuses and modes and
-how they are shown, the phases of an epoch and of a round and their display names, where a
-round's eval metrics come from, the original design's metric names and which metrics are
-better lower, the default run, the relay's default address and the token variable.
+(:data:`MESSAGE_TYPES`) and the rules between them (:data:`MESSAGE_RELATIONS`), the phases of
+an epoch and of a round and their display names, where a round's eval metrics come from, the
+original design's metric names and which metrics are better lower. Declared in
+:mod:`fl_stream.monitor.control` and exported from here too: the control types
+(:data:`CONTROL_TYPES`), run statuses and modes and how they are shown, the default run, the
+relay's default address and the token variables.
 
 The sender, the relay and the tests import this module; the dashboard gets the same facts from
 the relay, which serves :func:`describe` at ``/api/protocol``. The field checks the tables use
-live in :mod:`fl_stream.monitor.checks`, the JSON encoding in :mod:`fl_stream.monitor.encoding`.
+live in :mod:`fl_stream.monitor.checks`, the envelope's in :mod:`fl_stream.monitor.envelope`,
+the JSON encoding in :mod:`fl_stream.monitor.encoding`.
 """
 
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
@@ -31,9 +33,9 @@ from .checks import (
     NON_FINITE,
     Fields,
     MessageError,
-    check_envelope,
+    Relation,
+    at_most,
     check_fields,
-    check_nesting,
     describe_fields,
     is_bool,
     is_config,
@@ -41,14 +43,38 @@ from .checks import (
     is_id,
     is_int,
     is_metrics,
+    is_non_negative,
     is_number,
+    is_positive,
     is_text,
     list_of,
     one_of,
     optional,
-    too_deep,
+)
+from .control import (
+    CENTRALIZED,
+    CLIENT_CONTROL_TYPES,
+    COMPLETED,
+    CONTROL_TYPES,
+    DEFAULT_RELAY_HOST,
+    DEFAULT_RELAY_PORT,
+    DEFAULT_RELAY_URL,
+    DEFAULT_RUN,
+    EARLY_STOPPED,
+    FAILED,
+    FEDERATED,
+    RELAY_TOKEN_ENV,
+    RUN_STATUSES,
+    RUN_SUMMARY,
+    RUNNING,
+    STATUS_LABELS,
+    VIEWER_TOKEN_ENV,
+    relay_token,
+    run_status,
+    viewer_token,
 )
 from .encoding import EncodingError, encode_message, to_json_value
+from .envelope import check_envelope, check_nesting, too_deep
 
 __all__ = [
     "CENTRALIZED",
@@ -75,6 +101,7 @@ __all__ = [
     "INT64_MIN",
     "LOSS_SUFFIXES",
     "MAX_NESTING",
+    "MESSAGE_RELATIONS",
     "MESSAGE_TYPES",
     "METRIC_NAMES",
     "NON_FINITE",
@@ -104,36 +131,6 @@ __all__ = [
 
 Message = dict[str, Any]
 
-# --------------------------------------------------------------------------- the relay
-
-# Where the relay listens unless told otherwise: loopback only, so a default start never
-# exposes the relay (and its publish endpoint) to the network.
-DEFAULT_RELAY_HOST = "127.0.0.1"
-DEFAULT_RELAY_PORT = 8765
-DEFAULT_RELAY_URL = f"ws://{DEFAULT_RELAY_HOST}:{DEFAULT_RELAY_PORT}"
-# One variable holds the publisher token for the relay and for every publisher.
-RELAY_TOKEN_ENV = "FL_STREAM_RELAY_TOKEN"
-# And one the viewer token: with it set, reading runs from the relay needs it (or the
-# publisher token).
-VIEWER_TOKEN_ENV = "FL_STREAM_VIEWER_TOKEN"
-# Messages that carry no run_id belong to this run.
-DEFAULT_RUN = "default"
-
-
-def relay_token(explicit: str | None = None) -> str | None:
-    """The publisher token to use: ``explicit`` unless empty, else ``$FL_STREAM_RELAY_TOKEN``.
-
-    Returns None when neither is set (an open relay). Every publisher and the relay itself
-    read the token through this one rule.
-    """
-    return explicit or os.environ.get(RELAY_TOKEN_ENV) or None
-
-
-def viewer_token(explicit: str | None = None) -> str | None:
-    """The viewer token: ``explicit`` unless empty, else ``$FL_STREAM_VIEWER_TOKEN``, else None."""
-    return explicit or os.environ.get(VIEWER_TOKEN_ENV) or None
-
-
 # --------------------------------------------------------------------------- metrics
 
 # The original design's metrics, in the order dashboards show them.
@@ -156,35 +153,7 @@ def lower_is_better(metric: str) -> bool:
     return metric.lower().endswith(LOSS_SUFFIXES + DURATION_SUFFIXES)
 
 
-# --------------------------------------------------------------------------- runs
-
-# A run's status: running until its training_end (or error) arrives, then what that says.
-RUNNING = "running"
-COMPLETED = "completed"
-EARLY_STOPPED = "early_stopped"
-FAILED = "failed"
-# The statuses a finished run may report in training_end.
-RUN_STATUSES = (COMPLETED, EARLY_STOPPED, FAILED)
-# How dashboards show them.
-STATUS_LABELS = {
-    RUNNING: "running",
-    COMPLETED: "completed",
-    EARLY_STOPPED: "early-stopped",
-    FAILED: "failed",
-}
-# A run's mode, from its training_mode's is_federated.
-FEDERATED = "federated"
-CENTRALIZED = "centralized"
-
-
-def run_status(end: Message | None) -> str:
-    """A run's status from its last ``training_end`` or ``error`` message (None: none yet)."""
-    if end is None:
-        return RUNNING
-    if end["type"] == "error":
-        return FAILED
-    return end["data"]["status"]
-
+# --------------------------------------------------------------------------- phases
 
 # The phases of a centralized epoch (epoch_end) -> the name of their line on a chart.
 EPOCH_PHASES = {"train": "train", "val": "val"}
@@ -250,6 +219,19 @@ MESSAGE_TYPES: dict[str, Fields] = {
         },
         {},
     ),
+    # A client's live progress through its local epochs, sent by the client itself.
+    "client_progress": (
+        {
+            "round": is_count,  # the server round (0: none known)
+            "phase": _ROUND_PHASE,
+            "client_id": is_text,  # as in client_metrics: the partition id, else the node id
+            "epoch": is_positive,
+            "num_epochs": is_positive,
+            "batch": is_count,  # batches done in this epoch
+            "num_batches": is_count,  # batches per epoch
+        },
+        {"node_id": is_text, "examples_per_second": is_non_negative, "metrics": is_metrics},
+    ),
     "training_end": (
         # run_id: an integer in the original design's example, a string from our producers
         {"run_id": is_id, "status": one_of(*RUN_STATUSES), "final_metrics": is_metrics},
@@ -271,50 +253,11 @@ MESSAGE_TYPES: dict[str, Fields] = {
     ),
     "error": ({"error": is_text, "error_type": is_text}, {}),
 }
-
-# A run as the relay summarises it: in /api/runs and in run_summary messages.
-RUN_SUMMARY: Fields = (
-    {
-        "run_id": is_text,
-        "mode": optional(one_of(FEDERATED, CENTRALIZED)),  # null until its training_mode
-        "status": one_of(RUNNING, *RUN_STATUSES),
-        "first_timestamp": is_text,
-        "last_timestamp": is_text,
-        "message_count": is_count,
-        "last_seq": is_count,
-    },
-    {},
-)
-
-# Control messages between the relay and its clients; never stored or broadcast. Clients
-# send auth, subscribe, unsubscribe and ping (CLIENT_CONTROL_TYPES); the relay answers
-# authenticated, ack (one per accepted message), rejected (a refused message, and why),
-# replay_end (stored messages sent; live ones follow) and pong, and tells dashboards about
-# runs with run_summary.
-CONTROL_TYPES: dict[str, Fields] = {
-    "auth": ({"token": is_text}, {}),
-    "subscribe": (
-        {},
-        {"run_id": optional(is_text), "since": optional(is_int), "epoch": optional(is_text)},
-    ),
-    "unsubscribe": ({}, {"run_id": optional(is_text)}),
-    "ping": ({}, {}),
-    "authenticated": ({"can_publish": is_bool}, {}),
-    "ack": ({"run_id": is_text, "seq": is_count}, {"msg_id": optional(is_text)}),
-    "rejected": ({"reason": is_text}, {"msg_id": optional(is_text), "retry": is_bool}),
-    "replay_end": (
-        {},
-        {
-            "run_id": optional(is_text),
-            "last_seq": optional(is_int),
-            "epoch": is_text,  # the relay database's identity
-            "recovered": optional(is_bool),  # null: the subscribe named no epoch
-        },
-    ),
-    "pong": ({}, {}),
-    "run_summary": RUN_SUMMARY,
+# type -> the rules between its fields, checked once the fields themselves passed.
+MESSAGE_RELATIONS: dict[str, tuple[Relation, ...]] = {
+    "client_progress": (at_most("epoch", "num_epochs"), at_most("batch", "num_batches")),
 }
-CLIENT_CONTROL_TYPES = frozenset({"auth", "subscribe", "unsubscribe", "ping"})
+
 # How deep objects and arrays may nest in a message (the envelope is the first level).
 MAX_NESTING = 32
 
@@ -335,19 +278,20 @@ def utc_timestamp() -> str:
 def validate_message(message: Any) -> Message:
     """Check that ``message`` follows the wire format and return it unchanged.
 
-    Known types (the design's seven, ``client_metrics`` and the control types) must carry
-    their required ``data`` fields with the right types, and their optional ones, when
-    present, too. Any other type with a valid envelope is accepted as a custom message, its
-    ``data`` unchecked.
+    Known types (the design's seven, ``client_metrics``, ``client_progress`` and the control
+    types) must carry their required ``data`` fields with the right types, and their
+    optional ones, when present, too, and keep their :data:`MESSAGE_RELATIONS`. Any other
+    type with a valid envelope is accepted as a custom message, its ``data`` unchecked.
 
     Raises:
         MessageError: the first problem found, naming the field, e.g.
             ``data.metrics: expected an object of metric name -> number, ...``.
     """
     check_envelope(message, _ENVELOPE_OPTIONAL)
-    spec = MESSAGE_TYPES.get(message["type"]) or CONTROL_TYPES.get(message["type"])
+    kind = message["type"]
+    spec = MESSAGE_TYPES.get(kind) or CONTROL_TYPES.get(kind)
     if spec is not None:
-        check_fields(message["data"], *spec)
+        check_fields(message["data"], *spec, relations=MESSAGE_RELATIONS.get(kind, ()))
     return message
 
 
@@ -412,7 +356,10 @@ def describe() -> dict[str, Any]:
             "required": dict(_ENVELOPE_REQUIRED),
             "optional": describe_fields(({}, _ENVELOPE_OPTIONAL))["optional"],
         },
-        "message_types": {name: describe_fields(spec) for name, spec in MESSAGE_TYPES.items()},
+        "message_types": {
+            name: describe_fields(spec, MESSAGE_RELATIONS.get(name, ()))
+            for name, spec in MESSAGE_TYPES.items()
+        },
         "control_types": {name: describe_fields(spec) for name, spec in CONTROL_TYPES.items()},
         "client_control_types": sorted(CLIENT_CONTROL_TYPES),
         "run_summary": describe_fields(RUN_SUMMARY),

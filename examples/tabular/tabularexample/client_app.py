@@ -3,13 +3,14 @@
 from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from fl_stream.flower import sys_metrics_mod
+from fl_stream.flower import progress_mod, sys_metrics_mod
 from tabularexample.task import Data, load_data
 from tabularexample.task import evaluate as evaluate_weights
 from tabularexample.task import train as train_weights
 
-# Flower App, with fl-stream's mod: wall time, throughput, memory and device in each reply
-app = ClientApp(mods=[sys_metrics_mod])
+# Flower App, with fl-stream's mods: wall time, throughput, memory and device in each reply,
+# and each call's live progress (task.train reports it) streamed to the relay
+app = ClientApp(mods=[sys_metrics_mod, progress_mod])
 
 
 @app.train()

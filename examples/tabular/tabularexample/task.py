@@ -7,6 +7,8 @@ from numpy.typing import NDArray
 from sklearn.datasets import make_classification
 from sklearn.metrics import balanced_accuracy_score
 
+from fl_stream.flower import current_reporter
+
 Weights = list[NDArray[np.float64]]
 Data = tuple[NDArray[np.float64], NDArray[np.int64]]
 
@@ -40,6 +42,11 @@ def init_weights(seed: int = 0) -> Weights:
     ]
 
 
+def _losses(probs: NDArray[np.float64], y: NDArray[np.int64]) -> NDArray[np.float64]:
+    """Each example's cross-entropy."""
+    return -np.log(probs[np.arange(len(y)), y] + 1e-12)
+
+
 def _forward(weights: Weights, x: NDArray[np.float64]) -> tuple[NDArray, NDArray]:
     w1, b1, w2, b2 = weights
     hidden = np.maximum(x @ w1 + b1, 0.0)
@@ -51,14 +58,23 @@ def _forward(weights: Weights, x: NDArray[np.float64]) -> tuple[NDArray, NDArray
 def train(
     weights: Weights, data: Data, epochs: int, lr: float, proximal_mu: float, seed: int
 ) -> Weights:
-    """Mini-batch SGD on cross-entropy plus FedProx's ``mu / 2 * ||w - w_global||^2``."""
+    """Mini-batch SGD on cross-entropy plus FedProx's ``mu / 2 * ||w - w_global||^2``.
+
+    Inside a ClientApp call, it streams its progress live (fl-stream's ``progress_mod``).
+    """
     x, y = data
     global_weights = [w.copy() for w in weights]
     weights = [w.copy() for w in weights]
     rng = np.random.default_rng(seed)
-    for _ in range(epochs):
-        for batch in np.array_split(rng.permutation(len(y)), max(1, len(y) // 32)):
+    progress = current_reporter()  # fl-stream: this call's reporter (outside one: a no-op)
+    for epoch in range(1, epochs + 1):
+        progress.epoch_started(epoch, epochs)
+        batches = np.array_split(rng.permutation(len(y)), max(1, len(y) // 32))
+        loss_sum, seen = 0.0, 0
+        for done, batch in enumerate(batches, start=1):
             hidden, probs = _forward(weights, x[batch])
+            loss_sum += float(_losses(probs, y[batch]).sum())
+            seen += len(batch)
             d_logits = probs.copy()
             d_logits[np.arange(len(batch)), y[batch]] -= 1.0
             d_logits /= len(batch)
@@ -66,6 +82,7 @@ def train(
             grads = [x[batch].T @ d_hidden, d_hidden.sum(0), hidden.T @ d_logits, d_logits.sum(0)]
             for w, g, w_global in zip(weights, grads, global_weights, strict=True):
                 w -= lr * (g + proximal_mu * (w - w_global))
+            progress.batch_done(done, len(batches), len(batch), loss=loss_sum / seen)
     return weights
 
 
@@ -75,7 +92,7 @@ def evaluate(weights: Weights, data: Data) -> dict[str, float]:
     _, probs = _forward(weights, x)
     predicted = probs.argmax(axis=1)
     return {
-        "loss": float(-np.log(probs[np.arange(len(y)), y] + 1e-12).mean()),
+        "loss": float(_losses(probs, y).mean()),
         "accuracy": float((predicted == y).mean()),
         "balanced_accuracy": float(balanced_accuracy_score(y, predicted)),
     }
