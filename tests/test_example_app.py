@@ -82,6 +82,8 @@ def test_the_example_uses_only_the_api_the_docs_page_shows():
     }
     assert imports == {
         "from fl_stream.flower import StreamingStrategy",
+        "from fl_stream.flower import current_reporter",
+        "from fl_stream.flower import progress_mod",
         "from fl_stream.flower import sys_metrics_mod",
         "from fl_stream.monitor.sender import MetricsWebSocketSender",
     }
@@ -90,13 +92,19 @@ def test_the_example_uses_only_the_api_the_docs_page_shows():
 
 @pytest.mark.simulation
 def test_the_relay_holds_the_whole_run_with_the_custom_metric_and_client_figures(example_run):
-    messages, run_id = example_run.messages, example_run.run_id
-    per_round = ["round_metrics", "client_metrics", "round_metrics", "client_metrics", "round_end"]
-    assert [m["type"] for m in messages] == ["training_mode", *per_round * ROUNDS, "training_end"]
-    assert [m["seq"] for m in messages] == list(range(1, len(messages) + 1))
-    for message in messages:
+    stored, run_id = example_run.messages, example_run.run_id
+    assert [m["seq"] for m in stored] == list(range(1, len(stored) + 1))
+    for message in stored:
         validate_message(message)
         assert message["run_id"] == run_id
+    # The clients' live progress shares the run; the server's messages keep their order.
+    progress = [m["data"] for m in stored if m["type"] == "client_progress"]
+    assert {(p["client_id"], p["round"]) for p in progress} == {
+        (client, rnd) for client in ("0", "1") for rnd in range(1, ROUNDS + 1)
+    }
+    messages = [m for m in stored if m["type"] != "client_progress"]
+    per_round = ["round_metrics", "client_metrics", "round_metrics", "client_metrics", "round_end"]
+    assert [m["type"] for m in messages] == ["training_mode", *per_round * ROUNDS, "training_end"]
 
     mode = messages[0]["data"]
     assert (mode["is_federated"], mode["num_rounds"], mode["num_clients"]) == (True, ROUNDS, 2)

@@ -110,11 +110,17 @@ def test_flwr_run_streams_to_a_live_dashboard(flower_env, relay, tmp_path):
         dashboard.wait_for_type("training_end", timeout=30)
         received = dashboard.data_messages()
 
-    _check_run(received, run_id, "fedprox")
     assert [m["seq"] for m in received] == list(range(1, len(received) + 1))
+    # Each client streamed its own progress while it trained, under the run's id.
+    progress = [m for m in received if m["type"] == "client_progress"]
+    assert {(m["data"]["client_id"], m["data"]["round"]) for m in progress} >= {
+        (client, rnd) for client in ("0", "1") for rnd in (1, 2)
+    }
+    from_server = [m for m in received if m["type"] != "client_progress"]
+    _check_run(from_server, run_id, "fedprox")
     logged = list(read_log(tmp_path / f"{run_id}.jsonl"))
     assert [(m["msg_id"], m["type"], m["data"]) for m in logged] == [
-        (m["msg_id"], m["type"], m["data"]) for m in received
+        (m["msg_id"], m["type"], m["data"]) for m in from_server
     ]
 
 

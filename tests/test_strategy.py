@@ -37,7 +37,8 @@ from server_app import centralized_evaluation
 from tests.support import ListeningClient, free_port
 
 RUN_ID = 4242
-SMALL = {"samples-per-client": 20, "batch-size": 8}
+# No live progress here (tests/test_progress.py covers it): nothing else reaches the relay.
+SMALL = {"samples-per-client": 20, "batch-size": 8, "progress-interval": 0.0}
 METRICS = set(METRIC_NAMES)
 DEVICE = "cuda:0" if torch.cuda.is_available() else "cpu"  # where pick_device() trains
 SYS_METRICS = {"sys_wall_time", "sys_examples_per_second", "sys_peak_rss_mb", "sys_cuda_peak_mb"}
