@@ -9,7 +9,11 @@ installed package.
 the tests give each session its own ``FLWR_HOME`` (and free ports), so the SuperLink they find
 is theirs: it is the ``flower-superlink`` process whose command line names
 ``$FLWR_HOME/local-superlink/``, the directory Flower keeps its state and log in. They stop it,
-and any process it started that is still running, by pid.
+and any process it started that is still running, by pid (:func:`descendants`,
+:func:`terminate`).
+
+The Deployment Engine (a SuperLink and SuperNodes as processes of their own) is in
+:mod:`scripts.deployment`.
 """
 
 from __future__ import annotations
@@ -29,12 +33,15 @@ from typing import Any
 __all__ = [
     "PROJECT_DIR",
     "RelayProcess",
+    "descendants",
     "flwr_command",
     "flwr_environment",
     "free_port",
     "is_healthy",
+    "is_running",
     "stop_superlink",
     "superlink_pids",
+    "terminate",
 ]
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
@@ -71,9 +78,16 @@ def flwr_command(
     num_supernodes: int | None = None,
     run_config: Mapping[str, Any] | None = None,
     stream: bool = True,
+    connection: str | None = None,
 ) -> list[str]:
-    """The ``flwr run .`` command line, with federation and run-config overrides."""
+    """The ``flwr run .`` command line, with federation and run-config overrides.
+
+    ``connection`` names a SuperLink connection of ``$FLWR_HOME/config.toml`` (e.g. the
+    Deployment Engine's, :mod:`scripts.deployment`); None: the local simulation SuperLink.
+    """
     command = [str(Path(sys.executable).parent / "flwr"), "run", "."]
+    if connection is not None:
+        command.append(connection)
     if run_config:
         # json.dumps writes TOML-compatible values: "text", 3, 0.5, true.
         pairs = " ".join(f"{key}={json.dumps(value)}" for key, value in run_config.items())
@@ -109,26 +123,28 @@ def stop_superlink(flwr_home: str | os.PathLike[str], timeout: float = 10.0) -> 
     beforehand by walking the process tree) gets SIGTERM too; SIGKILL after ``timeout``.
     """
     pids = superlink_pids(flwr_home)
-    started = [child for pid in pids for child in _descendants(pid)]
-    _terminate(pids, timeout)
-    _terminate([pid for pid in started if _alive(pid)], timeout)
+    started = [child for pid in pids for child in descendants(pid)]
+    terminate(pids, timeout)
+    terminate([pid for pid in started if is_running(pid)], timeout)
     return pids
 
 
-def _descendants(pid: int) -> list[int]:
+def descendants(pid: int) -> list[int]:
+    """The pids of the processes ``pid`` started, their children, and so on."""
     found = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True, check=False)
     children = [int(child) for child in found.stdout.split()]
-    return children + [grandchild for child in children for grandchild in _descendants(child)]
+    return children + [grandchild for child in children for grandchild in descendants(child)]
 
 
-def _terminate(pids: list[int], timeout: float) -> None:
+def terminate(pids: Sequence[int], timeout: float = 10.0) -> None:
+    """SIGTERM each of ``pids``, wait up to ``timeout`` for all to exit, then SIGKILL the rest."""
     for pid in pids:
         _signal(pid, signal.SIGTERM)
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and any(_alive(pid) for pid in pids):
+    while time.monotonic() < deadline and any(is_running(pid) for pid in pids):
         time.sleep(0.2)
     for pid in pids:
-        if _alive(pid):
+        if is_running(pid):
             _signal(pid, signal.SIGKILL)
 
 
@@ -139,7 +155,8 @@ def _signal(pid: int, sig: int) -> None:
         pass
 
 
-def _alive(pid: int) -> bool:
+def is_running(pid: int) -> bool:
+    """Whether process ``pid`` exists and has not exited (a zombie has)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

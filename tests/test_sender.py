@@ -56,8 +56,9 @@ class AckServer:
         drop_at: after storing the message with this number (1-based, counting stored
             messages), abort the connection before acking it, once.
         reject: returns a reason to refuse a message, or None to accept it.
-        store_fails_at: refuse the frame with this number (1-based) without naming it, once,
-            as the relay does when its store fails ("send it again").
+        store_fails_at: refuse the frame with this number (1-based) once, as the relay does
+            when its store fails ("send it again"): without naming it, or, with
+            ``retry_named``, naming its msg_id with ``retry: true``.
         chatter: before each reply, also send what an older relay sends every connection:
             another publisher's live message, a pong and a frame that is not JSON.
     """
@@ -70,6 +71,7 @@ class AckServer:
         drop_at: int | None = None,
         reject: Callable[[Message], str | None] = lambda message: None,
         store_fails_at: int | None = None,
+        retry_named: bool = False,
         chatter: bool = False,
     ) -> None:
         self.port = port or free_port()
@@ -83,6 +85,7 @@ class AckServer:
         self._drop_at = drop_at
         self._reject = reject
         self._store_fails_at = store_fails_at
+        self._retry_named = retry_named
         self._chatter = chatter
         self._seen: dict[tuple[str, str], int] = {}
         self._ready = threading.Event()
@@ -123,7 +126,10 @@ class AckServer:
             for frame in (json.dumps(other), _reply("pong", {}), "not json"):
                 await websocket.send(frame)
         if self.frames == self._store_fails_at:
-            await websocket.send(_reply("rejected", {"reason": "store failed; send it again"}))
+            refusal: dict[str, Any] = {"reason": "store failed; send it again"}
+            if self._retry_named:
+                refusal.update(msg_id=msg_id, retry=True)
+            await websocket.send(_reply("rejected", refusal))
             return
         reason = self._reject(message)
         if reason is not None:
@@ -201,6 +207,12 @@ def test_every_message_type_has_the_designed_envelope(server: AckServer, make_se
         sender.send_error("CUDA out of memory", "RuntimeError"),
         sender.send_training_end(
             "run-7", {"status": "completed", "best_round": 2, "final_metrics": METRICS}
+        ),
+        # client_progress comes from fl_stream.monitor.progress, through send_metrics.
+        sender.send_metrics(
+            {"round": 1, "phase": "train", "client_id": "3", "epoch": 1, "num_epochs": 2}
+            | {"batch": 5, "num_batches": 10},
+            "client_progress",
         ),
         sender.send_metrics({"lr": 0.01}, "custom_metrics"),
     ]
@@ -350,8 +362,9 @@ def test_a_dropped_connection_resends_without_loss_or_duplicate(make_sender) -> 
         assert server.frames > 1000 and sender.stats().resent >= 1
 
 
-def test_a_refusal_without_msg_id_resends_on_a_new_connection(make_sender) -> None:
-    with AckServer(store_fails_at=50) as server:
+@pytest.mark.parametrize("retry_named", [False, True], ids=["no-msg-id", "retry-true"])
+def test_a_store_failure_resends_on_a_new_connection(make_sender, retry_named: bool) -> None:
+    with AckServer(store_fails_at=50, retry_named=retry_named) as server:
         sender = make_sender(server.url)
         for epoch in range(100):
             sender.send_epoch_end(epoch, "train", METRICS)

@@ -7,7 +7,12 @@ with capped exponential backoff and jitter. On each connection it writes what th
 settle is the window's to decide.
 
 The sender connects as a publisher: ``publish`` is added to the query of its URL
-(:func:`publisher_uri`), so the relay sends it only the replies to its own frames.
+(:func:`publisher_uri`), so the relay sends it only the replies to its own frames. A ``wss://``
+relay is verified against the system's CAs, or against one CA file (:func:`tls_context`), e.g.
+for a self-signed certificate.
+
+``fl-stream replay`` (:mod:`fl_stream.monitor.replay`) drives the same connection with a window
+filled from a run log.
 """
 
 from __future__ import annotations
@@ -15,14 +20,16 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import random
+import ssl
 import threading
 import time
 from collections.abc import AsyncGenerator, Callable, Generator
 from contextlib import aclosing
 from functools import partial
 from pathlib import Path
-from typing import cast
+from typing import Any, cast
 from urllib.parse import urlsplit, urlunsplit
 
 from websockets.asyncio.client import ClientConnection, connect
@@ -31,7 +38,14 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 from .protocol import Message, MessageError, validate_message
 from .window import DeliveryWindow
 
-__all__ = ["RelayConnection", "backoff_delays", "publisher_uri"]
+__all__ = [
+    "RELAY_CA_FILE_ENV",
+    "RelayConnection",
+    "ReportOnce",
+    "backoff_delays",
+    "publisher_uri",
+    "tls_context",
+]
 
 # The sender's logger: users configure one logger for everything the sender reports.
 logger = logging.getLogger("fl_stream.monitor.sender")
@@ -45,6 +59,58 @@ _connection_logger.setLevel(logging.WARNING)
 _STABLE_CONNECTION_S = 2.0
 
 _REPLIES = ("ack", "rejected")
+
+# The CA file a sender trusts for wss:// when none is passed, so that Flower apps and the
+# command line pick it up without code.
+RELAY_CA_FILE_ENV = "FL_STREAM_RELAY_CA_FILE"
+_CA_FILE_OPTIONS = f"ca_file=, --ca-file or ${RELAY_CA_FILE_ENV}"
+
+
+def tls_context(uri: str, ca_file: str | os.PathLike[str] | None = None) -> ssl.SSLContext | None:
+    """The TLS settings for connecting to ``uri``; None for ``ws://`` (no TLS).
+
+    For ``wss://`` the relay's certificate and host name are always verified: against
+    ``ca_file`` only, when given (a PEM file, e.g. the relay's self-signed certificate), else
+    against ``$FL_STREAM_RELAY_CA_FILE`` when set, else against the system's CAs (None or ``""``
+    means "not given").
+
+    Raises:
+        ValueError: the CA file cannot be read or holds no PEM certificate; the message names
+            the file and what to pass instead.
+    """
+    if urlsplit(uri).scheme != "wss":
+        return None
+    path = os.fspath(ca_file) if ca_file else os.environ.get(RELAY_CA_FILE_ENV) or None
+    if path is None:
+        return ssl.create_default_context()
+    hint = f"give the PEM certificate of the relay's CA ({_CA_FILE_OPTIONS})"
+    try:
+        return ssl.create_default_context(cafile=path)
+    except FileNotFoundError:
+        raise ValueError(f"CA file {path} not found; {hint}") from None
+    except ssl.SSLError as exc:
+        raise ValueError(
+            f"CA file {path} holds no PEM certificate ({exc.reason or exc}); {hint}"
+        ) from None
+    except OSError as exc:
+        raise ValueError(f"cannot read CA file {path}: {exc.strerror or exc}; {hint}") from None
+
+
+class ReportOnce:
+    """Log each distinct notice once at its level and its repeats at DEBUG.
+
+    ``report(key, level, text, *args)`` logs ``text % args`` on the sender's logger; ``key``
+    says which notices are the same.
+    """
+
+    def __init__(self) -> None:
+        self._reported: set[str] = set()
+
+    def __call__(self, key: str, level: int, text: str, *args: Any) -> None:
+        if key in self._reported:
+            level = logging.DEBUG
+        self._reported.add(key)
+        logger.log(level, text, *args)
 
 
 def publisher_uri(uri: str) -> str:
@@ -81,7 +147,14 @@ class RelayConnection:
         backoff: the first and the longest reconnection delay, in seconds.
         log_path: the run log, named in notices.
         report_once: ``report_once(key, level, text, *args)`` logs the first time ``key``
-            comes up, at DEBUG afterwards.
+            comes up, at DEBUG afterwards (a :class:`ReportOnce`).
+        ssl_context: TLS settings for a ``wss://`` relay (:func:`tls_context`); None: no TLS
+            for ``ws://``, the system's CAs for ``wss://``.
+
+    Attributes:
+        connections: connections opened so far.
+        outage_reason: why the relay is unreachable now (None while connected, and before
+            the first attempt failed).
     """
 
     def __init__(
@@ -94,14 +167,18 @@ class RelayConnection:
         backoff: tuple[float, float],
         log_path: Path,
         report_once: Callable[..., None],
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         self.uri = uri
+        self.connections = 0
+        self.outage_reason: str | None = None
         self._window = window
         self._guard = guard
         self._token = token
         self._backoff = backoff
         self._log_path = log_path
         self._report_once = report_once
+        self._ssl = ssl_context
         self._work = asyncio.Event()  # the window may have something to send
         self._outage_since: float | None = None
 
@@ -115,6 +192,7 @@ class RelayConnection:
         connector = connect(
             publisher_uri(self.uri),
             additional_headers=headers,
+            ssl=self._ssl,
             compression=None,  # small JSON gains little and costs the relay CPU
             proxy=None,
             open_timeout=10,
@@ -144,11 +222,17 @@ class RelayConnection:
                 f"HTTP {exc.response.status_code}: the relay refused the publisher token; "
                 "check the token given to the sender"
             )
+        elif isinstance(exc, ssl.SSLCertVerificationError):
+            reason = (
+                f"TLS certificate not trusted: {exc.verify_message}; give the PEM certificate "
+                f"of the relay's CA ({_CA_FILE_OPTIONS})"
+            )
         else:
             reason = f"{type(exc).__name__}: {exc}"
         self._outage_started(reason)
 
     def _outage_started(self, reason: str) -> None:
+        self.outage_reason = reason
         if self._outage_since is not None:
             return
         self._outage_since = time.monotonic()
@@ -164,6 +248,8 @@ class RelayConnection:
     async def _stream(self, connection: ClientConnection) -> None:
         """Send and collect replies on one connection until it closes."""
         outage_since, self._outage_since = self._outage_since, None
+        self.connections += 1
+        self.outage_reason = None
         with self._guard:
             resend = self._window.on_connected(time.monotonic())
             waiting = self._window.pending
@@ -254,22 +340,25 @@ class RelayConnection:
                 continue
             data = reply["data"]
             msg_id, reason = data.get("msg_id"), data.get("reason")
+            # "retry": the message was valid but the relay could not store it; like a refusal
+            # that names no message, it asks for everything unacknowledged again.
+            retry = reply["type"] == "rejected" and data.get("retry") is True
             with self._guard:
                 if reply["type"] == "ack":
                     replace = False
                     self._window.on_ack(msg_id)
                 else:
-                    replace = self._window.on_rejected(msg_id)
+                    replace = self._window.on_rejected(None if retry else msg_id)
                 self._guard.notify_all()
             self._work.set()  # the in-flight window may have room again
             if replace:
-                # Not attributable to one message (e.g. the relay's store failed): resend
-                # everything it has not acked, on a new connection after a backoff.
+                # Resend everything the relay has not acked, in order, on a new connection
+                # after a backoff (what it took meanwhile is acked again, not stored twice).
                 self._report_once(
                     f"rejected:{reason}",
                     logging.WARNING,
-                    "fl-stream: relay refused a message without naming it (%s); reconnecting "
-                    "to resend what it has not acknowledged",
+                    "fl-stream: relay could not take a message (%s); reconnecting to resend "
+                    "what it has not acknowledged",
                     reason,
                 )
                 await connection.close(reason="resending unacknowledged messages")

@@ -16,13 +16,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 import threading
 import time
 from collections import deque
 from pathlib import Path
-from typing import Any
 
-from .connection import RelayConnection, logger
+from .connection import RelayConnection, ReportOnce, logger
 from .protocol import Message, encode_message
 from .runlog import JsonlLog
 from .window import Added, DeliveryWindow, SenderStats
@@ -42,6 +42,8 @@ class Delivery:
         websocket_uri: the relay; ``None`` writes the run log only.
         log_path: the JSONL run log.
         token: publisher token, sent as ``Authorization: Bearer <token>``.
+        ssl_context: TLS settings for a ``wss://`` relay
+            (:func:`~fl_stream.monitor.connection.tls_context`).
         max_queue, max_in_flight, max_message_bytes, ack_timeout, backoff_initial,
         backoff_max: as documented on :class:`~fl_stream.monitor.sender.MetricsWebSocketSender`.
         thread_name: the background thread's name.
@@ -53,6 +55,7 @@ class Delivery:
         log_path: Path,
         *,
         token: str | None,
+        ssl_context: ssl.SSLContext | None,
         max_queue: int,
         max_in_flight: int,
         max_message_bytes: int,
@@ -63,7 +66,8 @@ class Delivery:
     ) -> None:
         self.websocket_uri = websocket_uri
         self.log_path = log_path
-        self._reported: set[str] = set()
+        self.report_once = ReportOnce()
+        """``report_once(key, level, text, *args)``: log a notice once, repeats at DEBUG."""
 
         # Shared by the calling threads and the loop thread, guarded by _lock.
         self._lock = threading.Lock()
@@ -98,6 +102,7 @@ class Delivery:
                 backoff=(backoff_initial, backoff_max),
                 log_path=log_path,
                 report_once=self.report_once,
+                ssl_context=ssl_context,
             )
         self._loop = asyncio.new_event_loop()
         self._wake_pump = asyncio.Event()
@@ -185,13 +190,6 @@ class Delivery:
         """Return the counters."""
         with self._lock:
             return self._window.stats()
-
-    def report_once(self, key: str, level: int, text: str, *args: Any) -> None:
-        """Log ``text`` the first time ``key`` comes up, at DEBUG afterwards."""
-        if key in self._reported:
-            level = logging.DEBUG
-        self._reported.add(key)
-        logger.log(level, text, *args)
 
     # ------------------------------------------------------------------ both threads
 

@@ -16,6 +16,8 @@ from __future__ import annotations
 import atexit
 import itertools
 import logging
+import os
+import ssl
 import threading
 import uuid
 from collections.abc import Mapping, Sequence
@@ -26,6 +28,7 @@ from typing import Any
 from websockets.exceptions import InvalidURI
 from websockets.uri import parse_uri
 
+from .connection import tls_context
 from .delivery import Delivery
 from .protocol import DEFAULT_RELAY_URL, MessageError, make_message, relay_token
 from .runlog import default_log_path
@@ -44,6 +47,10 @@ class MetricsWebSocketSender:
         run_id: added to every message so the relay files it under this run.
         token: publisher token, sent as ``Authorization: Bearer <token>``; None or ``""``:
             ``$FL_STREAM_RELAY_TOKEN`` when set (:func:`fl_stream.monitor.protocol.relay_token`).
+        ca_file: for a ``wss://`` relay, the PEM certificate(s) to trust instead of the
+            system's CAs (e.g. the relay's self-signed certificate); None or ``""``:
+            ``$FL_STREAM_RELAY_CA_FILE`` when set. An unreadable file is logged as one error
+            and the sender writes the run log only.
         log_path: the JSONL run log; default ``$FL_STREAM_LOG_DIR/<run_id>.jsonl``
             (``runs/`` when the variable is unset).
         max_queue: messages that may wait for the relay; past it the oldest are dropped
@@ -70,6 +77,7 @@ class MetricsWebSocketSender:
         *,
         run_id: str | None = None,
         token: str | None = None,
+        ca_file: str | os.PathLike[str] | None = None,
         log_path: str | Path | None = None,
         max_queue: int = 10_000,
         max_in_flight: int = 1_000,
@@ -87,6 +95,7 @@ class MetricsWebSocketSender:
             if value < 1:
                 raise ValueError(f"{name} must be at least 1, got {value}")
         self.websocket_uri = _checked_uri(websocket_uri)
+        ssl_context = self._tls_context(ca_file)
         self.run_id = run_id
         self.sender_id = uuid.uuid4().hex[:12]
         self.log_path = Path(log_path) if log_path else default_log_path(run_id, self.sender_id)
@@ -98,6 +107,7 @@ class MetricsWebSocketSender:
             self.websocket_uri,
             self.log_path,
             token=relay_token(token),
+            ssl_context=ssl_context,
             max_queue=max_queue,
             max_in_flight=max_in_flight,
             max_message_bytes=max_message_bytes,
@@ -337,6 +347,23 @@ class MetricsWebSocketSender:
             reason,
         )
         return False
+
+    def _tls_context(self, ca_file: str | os.PathLike[str] | None) -> ssl.SSLContext | None:
+        """The TLS settings for the relay; with a bad CA file, log one error and go log-only."""
+        if self.websocket_uri is None:
+            return None
+        try:
+            context = tls_context(self.websocket_uri, ca_file)
+        except ValueError as exc:
+            logger.error("fl-stream: %s; messages go to the run log only", exc)
+            self.websocket_uri = None
+            return None
+        if ca_file and context is None:
+            logger.warning(
+                "fl-stream: ca_file is used for wss:// relays only; %s is not encrypted",
+                self.websocket_uri,
+            )
+        return context
 
     def _close_at_exit(self) -> None:
         self.close(timeout=self._exit_timeout)

@@ -1,0 +1,295 @@
+"""The sender and ``fl-stream replay`` over ``wss://``, against a relay stand-in with a
+self-signed certificate generated here (``cryptography``, which Flower already depends on).
+
+With the certificate as its CA file (argument or ``$FL_STREAM_RELAY_CA_FILE``) the sender
+delivers; without it the connection is refused, logged once, and training goes on (the run log
+keeps everything); a CA file that cannot be read is one error and the sender writes the log only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import ipaddress
+import json
+import logging
+import ssl
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+from websockets.asyncio.server import ServerConnection, serve
+from websockets.exceptions import ConnectionClosed
+
+from fl_stream.cli import main
+from fl_stream.monitor.connection import RELAY_CA_FILE_ENV
+from fl_stream.monitor.protocol import utc_timestamp
+from fl_stream.monitor.runlog import read_log
+from fl_stream.monitor.sender import MetricsWebSocketSender
+from tests.support import free_port
+
+WAIT = 10.0  # bounded waits, generous for a loaded 2-core machine
+METRICS = {"loss": 0.25, "accuracy": 0.9}
+LOGGER = "fl_stream.monitor.sender"
+
+SenderFactory = Callable[..., MetricsWebSocketSender]
+
+
+# --------------------------------------------------------------------------- a TLS relay stand-in
+
+
+@pytest.fixture(scope="module")
+def certificate(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A self-signed certificate for 127.0.0.1 and localhost: (certificate file, key file)."""
+    folder = tmp_path_factory.mktemp("tls")
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "fl-stream test relay")])
+    now = datetime.datetime.now(datetime.UTC)
+    public_key = key.public_key()
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(public_key)
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(
+            x509.SubjectAlternativeName(
+                [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+            ),
+            critical=False,
+        )
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False)
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(public_key), critical=False
+        )
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = folder / "relay.pem", folder / "relay.key"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return cert_path, key_path
+
+
+class TlsAckServer:
+    """A ``wss://`` relay stand-in in a background thread: stores each ``(run_id, msg_id)``
+    once and acks it (again for a resent duplicate), as the relay does."""
+
+    def __init__(self, cert_path: Path, key_path: Path) -> None:
+        self.port = free_port()
+        self.url = f"wss://127.0.0.1:{self.port}"
+        self.stored: list[dict[str, Any]] = []
+        self._seqs: dict[tuple[str, str], int] = {}
+        self._context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        self._context.load_cert_chain(cert_path, key_path)
+        self._ready = threading.Event()
+        self._loop = asyncio.new_event_loop()
+        self._stop = asyncio.Event()
+        self._thread = threading.Thread(target=self._loop.run_until_complete, args=(self._serve(),))
+
+    def __enter__(self) -> TlsAckServer:
+        self._thread.start()
+        assert self._ready.wait(WAIT), "test server did not start"
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._loop.call_soon_threadsafe(self._stop.set)
+        self._thread.join(WAIT)
+        self._loop.close()
+
+    async def _serve(self) -> None:
+        async with serve(self._handle, "127.0.0.1", self.port, ssl=self._context):
+            self._ready.set()
+            await self._stop.wait()
+
+    async def _handle(self, websocket: ServerConnection) -> None:
+        try:
+            async for text in websocket:
+                message = json.loads(text)
+                key = (message.get("run_id", "default"), message["msg_id"])
+                if key not in self._seqs:
+                    self.stored.append(message)
+                    self._seqs[key] = len(self.stored)
+                data = {"run_id": key[0], "seq": self._seqs[key], "msg_id": key[1]}
+                ack = {"type": "ack", "timestamp": utc_timestamp(), "data": data}
+                await websocket.send(json.dumps(ack))
+        except ConnectionClosed:
+            pass
+
+
+@pytest.fixture
+def server(certificate: tuple[Path, Path]) -> Iterator[TlsAckServer]:
+    with TlsAckServer(*certificate) as running:
+        yield running
+
+
+@pytest.fixture
+def make_sender(tmp_path: Path) -> Iterator[SenderFactory]:
+    """Build senders that log under tmp_path, reconnect quickly, and are closed at teardown."""
+    senders: list[MetricsWebSocketSender] = []
+
+    def make(url: str, **options: Any) -> MetricsWebSocketSender:
+        options.setdefault("log_path", tmp_path / f"sender-{len(senders)}.jsonl")
+        sender = MetricsWebSocketSender(url, backoff_initial=0.05, backoff_max=0.2, **options)
+        senders.append(sender)
+        return sender
+
+    yield make
+    for sender in senders:
+        sender.close(timeout=1.0)
+
+
+def send_epochs(sender: MetricsWebSocketSender, count: int) -> None:
+    for epoch in range(count):
+        assert sender.send_epoch_end(epoch, "train", METRICS)
+
+
+def wait_until(condition: Callable[[], bool], timeout: float = WAIT) -> bool:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.01)
+    return True
+
+
+def messages_of(caplog: pytest.LogCaptureFixture, level: int) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.name == LOGGER and r.levelno == level]
+
+
+# --------------------------------------------------------------------------- the sender
+
+
+def test_the_sender_delivers_over_wss_with_the_ca_file(
+    server: TlsAckServer, certificate: tuple[Path, Path], make_sender: SenderFactory
+) -> None:
+    sender = make_sender(server.url, run_id="tls", ca_file=certificate[0])
+    send_epochs(sender, 20)
+    assert sender.close(WAIT)
+    assert [m["data"]["epoch"] for m in server.stored] == list(range(20))
+    assert sender.stats().acked == 20
+
+
+def test_the_ca_file_can_come_from_the_environment(
+    server: TlsAckServer,
+    certificate: tuple[Path, Path],
+    make_sender: SenderFactory,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv(RELAY_CA_FILE_ENV, str(certificate[0]))
+    sender = make_sender(server.url, run_id="tls-env")
+    send_epochs(sender, 3)
+    assert sender.close(WAIT)
+    assert len(server.stored) == 3
+
+
+def test_without_the_ca_file_the_relay_is_refused_and_training_goes_on(
+    server: TlsAckServer,
+    make_sender: SenderFactory,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    monkeypatch.delenv(RELAY_CA_FILE_ENV, raising=False)
+    with caplog.at_level(logging.WARNING, logger=LOGGER):
+        sender = make_sender(server.url, run_id="untrusted")
+        send_epochs(sender, 5)  # accepted: the calls neither block nor raise
+        assert wait_until(lambda: bool(messages_of(caplog, logging.WARNING)))
+        assert sender.close(timeout=0.2) is False
+    [warning] = messages_of(caplog, logging.WARNING)[:1]
+    assert "TLS certificate not trusted" in warning
+    assert RELAY_CA_FILE_ENV in warning and "ca_file=" in warning
+    assert server.stored == []
+    assert [m["data"]["epoch"] for m in read_log(sender.log_path)] == list(range(5))
+
+
+@pytest.mark.parametrize(
+    ("make_ca_file", "error"),
+    [
+        (lambda folder: folder / "missing.pem", "not found"),
+        (lambda folder: folder, "cannot read CA file"),
+        (lambda folder: _written(folder / "notes.txt", "not a certificate"), "no PEM certificate"),
+    ],
+    ids=["missing", "a-folder", "not-pem"],
+)
+def test_a_bad_ca_file_is_one_error_and_the_log_keeps_everything(
+    server: TlsAckServer,
+    make_sender: SenderFactory,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+    make_ca_file: Callable[[Path], Path],
+    error: str,
+) -> None:
+    ca_file = make_ca_file(tmp_path)
+    with caplog.at_level(logging.WARNING, logger=LOGGER):
+        sender = make_sender(server.url, run_id="bad-ca", ca_file=ca_file)
+        send_epochs(sender, 3)
+        assert sender.close(WAIT)  # log only: nothing waits for a relay
+    [line] = messages_of(caplog, logging.ERROR)
+    assert error in line and str(ca_file) in line and "run log only" in line
+    assert "\n" not in line
+    assert sender.websocket_uri is None
+    assert len(list(read_log(sender.log_path))) == 3
+    assert server.stored == []
+
+
+def test_a_ca_file_for_a_ws_url_is_named_as_unused(
+    make_sender: SenderFactory, certificate: tuple[Path, Path], caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.WARNING, logger=LOGGER):
+        make_sender(f"ws://127.0.0.1:{free_port()}", ca_file=certificate[0])
+    assert any("wss:// relays only" in m for m in messages_of(caplog, logging.WARNING))
+
+
+def _written(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
+
+
+# --------------------------------------------------------------------------- replay
+
+
+def test_replay_uploads_over_wss_with_the_ca_file(
+    server: TlsAckServer,
+    certificate: tuple[Path, Path],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    log_path = tmp_path / "run.jsonl"
+    with MetricsWebSocketSender(None, run_id="tls-replay", log_path=log_path) as sender:
+        send_epochs(sender, 4)
+    command = ["replay", str(log_path), "--relay-url", server.url, "--ca-file", str(certificate[0])]
+    assert main(command) == 0
+    assert [m["msg_id"] for m in server.stored] == [m["msg_id"] for m in read_log(log_path)]
+    assert "4 acknowledged" in capsys.readouterr().out
+
+
+def test_replay_without_the_ca_file_is_one_error(
+    server: TlsAckServer,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.delenv(RELAY_CA_FILE_ENV, raising=False)
+    log_path = tmp_path / "run.jsonl"
+    with MetricsWebSocketSender(None, run_id="tls-replay", log_path=log_path) as sender:
+        send_epochs(sender, 2)
+    assert main(["replay", str(log_path), "--relay-url", server.url]) == 1
+    [line] = capsys.readouterr().err.splitlines()
+    assert line.startswith("fl-stream replay: error: cannot reach the relay at wss://")
+    assert "TLS certificate not trusted" in line
+    assert server.stored == []
