@@ -11,7 +11,7 @@ export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER := 0
 export FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION := 1
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 
-.PHONY: install lint test demo bench clean
+.PHONY: install lint test test-faults demo bench clean
 
 install: $(VENV)/.installed
 
@@ -27,8 +27,12 @@ lint: install
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
 
+# The end-to-end fault tests (tests/test_faults.py: minutes of real flwr runs) run apart.
 test: install
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest -m "not faults" $(PYTEST_ARGS)
+
+test-faults: install
+	$(PY) -m pytest -m faults $(PYTEST_ARGS)
 
 demo: install
 	$(PY) scripts/demo.py
@@ -37,6 +41,8 @@ bench: install
 	$(PY) benchmarks/sender_overhead.py
 	$(PY) benchmarks/relay_fanout.py
 	$(PY) benchmarks/fl_overhead.py
+	$(PY) benchmarks/dashboard_scale.py
+	$(PY) benchmarks/soak.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

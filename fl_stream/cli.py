@@ -26,10 +26,13 @@ from fl_stream.monitor.connection import RELAY_CA_FILE_ENV
 from fl_stream.monitor.protocol import DEFAULT_RELAY_URL, RELAY_TOKEN_ENV
 from fl_stream.monitor.replay import ReplayError, ReplayResult, RunLog, read_run_log, replay
 from fl_stream.settings import OneLineErrorParser, add_arguments, from_namespace
+from fl_stream.watch import add_watch_command
 
 __all__ = ["build_parser", "main"]
 
 REPLAY = "replay"
+# Commands that never train: their parser leaves train-centralized (and torch) out.
+LIGHT_COMMANDS = (REPLAY, "watch")
 
 
 def build_parser(*, training: bool = True) -> argparse.ArgumentParser:
@@ -45,6 +48,7 @@ def build_parser(*, training: bool = True) -> argparse.ArgumentParser:
     if training:
         _add_train_centralized(commands)
     _add_replay(commands)
+    add_watch_command(commands)
     return parser
 
 
@@ -206,7 +210,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``fl-stream`` command line; return the exit status."""
     arguments = list(sys.argv[1:] if argv is None else argv)
     # Only train-centralized needs the trainer (and torch); other commands skip the import.
-    parser = build_parser(training=arguments[:1] != [REPLAY])
+    parser = build_parser(training=arguments[:1] not in ([c] for c in LIGHT_COMMANDS))
     args = parser.parse_args(arguments)
     return args.handler(args)
 

@@ -34,6 +34,11 @@ LIGHT_MODULES = (
     "fl_stream.monitor.envelope",
     "fl_stream.monitor.progress",
     "fl_stream.monitor.runlog",
+    "fl_stream.monitor.replay",
+    "fl_stream.monitor.connection",
+    "fl_stream.settings",
+    "fl_stream.watch",
+    "relay.alerts",
 )
 
 # Runs in the child: import argv[1]; print which heavy packages were imported, and from where.
