@@ -19,6 +19,7 @@ Everything here uses real sockets on 127.0.0.1 with bounded waits:
 from __future__ import annotations
 
 import base64
+import email.message
 import http.client
 import json
 import os
@@ -61,7 +62,7 @@ WAIT_TIMEOUT = 10.0
 # --------------------------------------------------------------------------- HTTP
 
 
-def http_get(url: str, timeout: float = WAIT_TIMEOUT) -> tuple[int, Mapping[str, str], bytes]:
+def http_get(url: str, timeout: float = WAIT_TIMEOUT) -> tuple[int, email.message.Message, bytes]:
     """GET ``url``; return ``(status, headers, body)`` for any status, errors included."""
     try:
         with urllib.request.urlopen(url, timeout=timeout) as response:
