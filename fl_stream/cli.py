@@ -19,13 +19,17 @@ from collections.abc import Sequence
 from functools import partial
 
 from tqdm import tqdm
-from websockets.exceptions import InvalidURI
-from websockets.uri import parse_uri
 
 from fl_stream.monitor.connection import RELAY_CA_FILE_ENV
 from fl_stream.monitor.protocol import DEFAULT_RELAY_URL, RELAY_TOKEN_ENV
 from fl_stream.monitor.replay import ReplayError, ReplayResult, RunLog, read_run_log, replay
-from fl_stream.settings import OneLineErrorParser, add_arguments, from_namespace
+from fl_stream.settings import (
+    RELAY_URL,
+    OneLineErrorParser,
+    add_arguments,
+    argument_type,
+    from_namespace,
+)
 from fl_stream.watch import add_watch_command
 
 __all__ = ["build_parser", "main"]
@@ -109,7 +113,7 @@ def _add_replay(commands: argparse._SubParsersAction) -> None:
     command.add_argument("log", metavar="LOG", help="the JSONL run log the sender wrote")
     command.add_argument(
         "--relay-url",
-        type=_ws_url,
+        type=argument_type(RELAY_URL),
         default=DEFAULT_RELAY_URL,
         help=f"the relay, ws:// or wss:// (default: {DEFAULT_RELAY_URL})",
     )
@@ -131,14 +135,6 @@ def _add_replay(commands: argparse._SubParsersAction) -> None:
         help="give up after this many seconds in which the relay takes no message (default: 30)",
     )
     command.set_defaults(handler=_replay)
-
-
-def _ws_url(text: str) -> str:
-    try:
-        parse_uri(text)
-    except InvalidURI as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-    return text
 
 
 def _replay(args: argparse.Namespace) -> int:

@@ -45,6 +45,7 @@ from fl_stream.settings.rules import (
     POSITIVE_FRACTION,
     POSITIVE_INT,
     POSITIVE_NUMBER,
+    RELAY_URL,
     WS_URL,
     Rule,
     SettingError,
@@ -61,6 +62,7 @@ __all__ = [
     "NON_NEGATIVE_INT",
     "ORIGIN",
     "PORT",
+    "RELAY_URL",
     "POSITIVE_FRACTION",
     "POSITIVE_INT",
     "POSITIVE_NUMBER",
@@ -69,6 +71,7 @@ __all__ = [
     "Rule",
     "SettingError",
     "add_arguments",
+    "argument_type",
     "at_least",
     "finite_at_least",
     "from_mapping",
@@ -294,6 +297,17 @@ def _fields(cls: Any) -> tuple[dataclasses.Field[Any], ...]:
 
 
 # --------------------------------------------------------------------------- command line
+
+
+def argument_type(rule: Rule) -> Callable[[str], str]:
+    """An argparse ``type=`` for an option outside a settings class, checked by ``rule``."""
+
+    def checked(text: str) -> str:
+        if not rule.accepts(text):
+            raise argparse.ArgumentTypeError(f"{text!r} is invalid: expected {rule.expected}")
+        return text
+
+    return checked
 
 
 class OneLineErrorParser(argparse.ArgumentParser):

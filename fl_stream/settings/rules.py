@@ -19,6 +19,7 @@ __all__ = [
     "NON_NEGATIVE_INT",
     "ORIGIN",
     "PORT",
+    "RELAY_URL",
     "POSITIVE_FRACTION",
     "POSITIVE_INT",
     "POSITIVE_NUMBER",
@@ -109,5 +110,6 @@ POSITIVE_NUMBER = Rule(lambda value: math.isfinite(value) and value > 0, "a numb
 FRACTION = Rule(lambda value: 0.0 <= value <= 1.0, "a fraction in [0, 1]")
 POSITIVE_FRACTION = Rule(lambda value: 0.0 < value <= 1.0, "a fraction in (0, 1]")
 PORT = Rule(lambda value: 0 <= value <= 65535, "a port number 0-65535")
+RELAY_URL = Rule(lambda value: value != "" and _is_ws_url(value), "a ws:// or wss:// URL")
 WS_URL = Rule(_is_ws_url, 'a ws:// or wss:// URL, or "" to stream to the log file only')
 ORIGIN = Rule(_is_origin, "an origin such as http://host:8080 (no path, no trailing /)")

@@ -7,8 +7,6 @@ import sys
 from collections.abc import Sequence
 
 from rich.console import Console
-from websockets.exceptions import InvalidURI
-from websockets.uri import parse_uri
 
 from fl_stream.monitor.connection import RELAY_CA_FILE_ENV, tls_context
 from fl_stream.monitor.protocol import (
@@ -18,7 +16,7 @@ from fl_stream.monitor.protocol import (
     relay_token,
     viewer_token,
 )
-from fl_stream.settings import OneLineErrorParser
+from fl_stream.settings import RELAY_URL, OneLineErrorParser, argument_type
 
 from .display import LiveDisplay, PlainDisplay
 from .follow import Follower
@@ -117,7 +115,7 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--relay-url",
-        type=_ws_url,
+        type=argument_type(RELAY_URL),
         default=DEFAULT_RELAY_URL,
         help=f"the relay, ws:// or wss:// (default: {DEFAULT_RELAY_URL})",
     )
@@ -152,14 +150,6 @@ def _run(args: argparse.Namespace) -> int:
         ca_file=args.ca_file,
         reconnect_for=args.reconnect_for,
     )
-
-
-def _ws_url(text: str) -> str:
-    try:
-        parse_uri(text)
-    except InvalidURI as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-    return text
 
 
 def _seconds(text: str) -> float:
