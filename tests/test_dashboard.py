@@ -212,23 +212,40 @@ def centralized_epochs(run_id: str, first: int, last: int) -> list[Message]:
     ]
 
 
-def federated_run(run_id: str, rounds: int = 5, clients: int = 3) -> list[Message]:
-    """A finished federated run as StreamingFedAvg streams it.
+def federated_run(
+    run_id: str,
+    rounds: int = 5,
+    clients: int = 3,
+    *,
+    config: dict[str, Any] | None = None,
+    finished: bool = True,
+    first_round: int = 1,
+    total_rounds: int | None = None,
+    shift: float = 0.0,
+) -> list[Message]:
+    """A federated run as StreamingFedAvg streams it.
 
-    training_mode, then per round: round_metrics + client_metrics for ``train`` and
-    ``evaluate``, round_end (with the server's centralized evaluation), and training_end.
-    Client 1 has worse metrics (an outlier) and client 2 trains three times slower (a
-    straggler).
+    training_mode (with ``config``, if given; not when ``first_round`` > 1), then per round
+    ``first_round..rounds``: round_metrics + client_metrics for ``train`` and ``evaluate``,
+    round_end (with the server's centralized evaluation), and training_end when
+    ``finished``; ``total_rounds`` (default ``rounds``) is the planned number. Client 1 has
+    worse metrics (an outlier) and client 2 trains three times slower (a straggler).
+    ``shift`` moves every score (to tell runs apart).
     """
-    rng = random.Random(0)
-    info = {"is_federated": True, "num_rounds": rounds, "num_clients": clients}
-    messages = [make_message("training_mode", info, run_id=run_id)]
-    for rnd in range(1, rounds + 1):
-        for phase, shift in (("train", 0.03), ("evaluate", 0.0)):
+    rng = random.Random(first_round)
+    total = total_rounds or rounds
+    info: dict[str, Any] = {"is_federated": True, "num_rounds": total, "num_clients": clients}
+    if config is not None:
+        info["config"] = config
+    messages = []
+    if first_round == 1:
+        messages.append(make_message("training_mode", info, run_id=run_id))
+    for rnd in range(first_round, rounds + 1):
+        for phase, offset in (("train", shift + 0.03), ("evaluate", shift)):
             rows = []
             for client in range(clients):
                 noise = rng.uniform(-0.02, 0.02) - (0.15 if client == 1 else 0.0)
-                metrics = _metrics(rnd, shift + noise)
+                metrics = _metrics(rnd, offset + noise)
                 if phase == "train":
                     metrics["train-time"] = rng.uniform(1.0, 1.3) * (3.0 if client == 2 else 1.0)
                 rows.append(
@@ -239,11 +256,11 @@ def federated_run(run_id: str, rounds: int = 5, clients: int = 3) -> list[Messag
                         "metrics": metrics,
                     }
                 )
-            head = {"round": rnd, "total_rounds": rounds, "phase": phase}
+            head = {"round": rnd, "total_rounds": total, "phase": phase}
             messages.append(
                 make_message(
                     "round_metrics",
-                    {**head, "num_clients": clients, "metrics": _metrics(rnd, shift)},
+                    {**head, "num_clients": clients, "metrics": _metrics(rnd, offset)},
                     run_id=run_id,
                 )
             )
@@ -255,14 +272,16 @@ def federated_run(run_id: str, rounds: int = 5, clients: int = 3) -> list[Messag
                 "round_end",
                 {
                     "round": rnd,
-                    "total_rounds": rounds,
-                    "fit_metrics": _metrics(rnd, 0.03),
-                    "eval_metrics": _metrics(rnd, -0.02),
+                    "total_rounds": total,
+                    "fit_metrics": _metrics(rnd, shift + 0.03),
+                    "eval_metrics": _metrics(rnd, shift - 0.02),
                     "eval_source": EVAL_BY_SERVER,
                 },
                 run_id=run_id,
             )
         )
+    if not finished:
+        return messages
     summary = {
         "run_id": run_id,
         "status": "completed",
@@ -292,6 +311,12 @@ def artifact_path(name: str) -> Path:
 
 def test_page_loads_with_no_console_errors(dashboard: Dashboard) -> None:
     dashboard.open()
+    # Plotly loads async (the page connects meanwhile): the six placeholder charts follow.
+    dashboard.wait(
+        "n => document.querySelectorAll('.js-plotly-plot').length === n",
+        RECOVER_WITHIN_MS,
+        len(METRICS),
+    )
 
     assert dashboard.page.evaluate("typeof Plotly") == "object"  # served by the relay, no CDN
     assert dashboard.page.locator(".js-plotly-plot").count() == len(METRICS)
@@ -320,6 +345,7 @@ def test_published_messages_appear_in_the_charts_within_a_second(
         dashboard.wait(
             "() => document.getElementById('chart-loss').data[0].x.length === 2", LIVE_WITHIN_MS
         )
+        dashboard.wait_for_seq(4, LIVE_WITHIN_MS)  # and on every chart
 
     charts = dashboard.charts()
     assert charts["loss"]["train"] == {"x": [1, 2], "y": [_metrics(1)["loss"], _metrics(2)["loss"]]}
@@ -400,8 +426,13 @@ def test_heartbeat_replaces_a_link_that_went_silent(
     assert dashboard.charts()["loss"]["train"]["x"] == [1, 2]
 
 
-def test_10000_points_are_drawn_in_batches(dashboard: Dashboard, relay: RelayProcess) -> None:
-    publish_all(relay, centralized_epochs("big", 1, 5000))  # 10,000 messages
+def test_10000_points_are_drawn_in_batches_with_spikes_and_zoomable_detail(
+    dashboard: Dashboard, relay: RelayProcess
+) -> None:
+    messages = centralized_epochs("big", 1, 5000)  # 10,000 messages
+    spike = next(m for m in messages if m["data"]["epoch"] == 3333 and m["data"]["phase"] == "val")
+    spike["data"]["metrics"]["loss"] = 50.0  # one epoch's spike must stay visible
+    publish_all(relay, messages)
     dashboard.page.add_init_script(COUNT_DRAWS)
     dashboard.open()
     dashboard.wait_for_seq(10_000, 30_000)
@@ -412,10 +443,36 @@ def test_10000_points_are_drawn_in_batches(dashboard: Dashboard, relay: RelayPro
     dashboard.wait_for_seq(11_000, RECOVER_WITHIN_MS)
     extends_per_chart = dashboard.page.evaluate("window.plotlyDraws.extendTraces") / len(METRICS)
     assert extends_per_chart <= 100, "expected batches of many messages, not a draw per message"
+    # 5,500 points a line are drawn as min/max buckets: far fewer points, every one of them a
+    # real one, the first and the newest epoch kept, and the spike drawn at its height.
     charts = dashboard.charts()
-    assert all(
-        len(charts[metric][phase]["x"]) == 5500 for metric in METRICS for phase in ("train", "val")
+    expected = {
+        m["data"]["epoch"]: m["data"]["metrics"]["loss"]
+        for m in messages
+        if m["data"]["phase"] == "val"
+    }
+    val = charts["loss"]["val"]
+    assert len(val["x"]) < 2000
+    assert val["x"][0] == 1 and val["x"][-1] == 5500 and val["x"] == sorted(val["x"])
+    assert max(val["y"]) == 50.0 and val["x"][val["y"].index(50.0)] == 3333
+    assert all(expected[x] == y for x, y in zip(val["x"], val["y"], strict=True) if x <= 5000)
+    for metric in METRICS:
+        for phase in ("train", "val"):
+            assert charts[metric][phase]["x"][-1] == 5500, (metric, phase)
+
+    # Zoomed in, the chart draws every point of the range.
+    dashboard.page.evaluate(
+        "Plotly.relayout(document.getElementById('chart-loss'), {'xaxis.range': [3300, 3400]})"
     )
+    dashboard.wait(
+        "() => document.getElementById('chart-loss').data[1].x.includes(3301)", LIVE_WITHIN_MS
+    )
+    zoomed = dashboard.charts()["loss"]["val"]
+    assert zoomed["x"] == list(range(3299, 3402))
+    assert zoomed["y"] == [expected[x] for x in zoomed["x"]]
+    # ... and the downloads hold every message.
+    held = json.loads(dashboard.download("#download-json"))
+    assert [message["seq"] for message in held] == list(range(1, 11_001))
     assert dashboard.errors == []
 
 
@@ -507,11 +564,15 @@ def test_finished_federated_run_screenshot_and_downloads(
     assert dashboard.text("#status") == "completed"
     heatmap = dashboard.page.evaluate("document.getElementById('client-heatmap').data[0]")
     assert heatmap["y"] == ["0", "1", "2"] and heatmap["x"] == [1, 2, 3, 4, 5]
-    rows = dashboard.page.locator("#client-table tbody tr")
-    assert rows.count() == 3
-    assert "outlier" in rows.nth(1).inner_text()
-    assert "straggler (train-time)" in rows.nth(2).inner_text()
-    assert "outlier" not in rows.nth(0).inner_text() and "straggler" not in rows.nth(0).inner_text()
+    rows = dashboard.page.eval_on_selector_all(
+        "#client-table tbody tr", "rows => rows.map((row) => row.innerText)"
+    )
+    assert len(rows) == 3
+    # Flagged clients first (in client order), then the others.
+    assert [row.split("\t")[0] for row in rows] == ["1", "2", "0"]
+    assert "outlier" in rows[0]
+    assert "straggler (train-time)" in rows[1]
+    assert "outlier" not in rows[2] and "straggler" not in rows[2]
 
     table = list(csv.DictReader(io.StringIO(dashboard.download("#download-csv"))))
     client_rows = [row for row in table if row["type"] == "client_metrics"]
@@ -615,7 +676,9 @@ def test_the_pages_constants_come_from_the_relay(dashboard: Dashboard, relay: Re
     )
     dashboard.wait_for_seq(2)
     charts = dashboard.charts()
-    assert list(charts) == changed["metric_names"]
+    # Every metric gets a chart: the served metric_names first, in their order, then the rest.
+    others = sorted(set(metrics) - set(changed["metric_names"]))
+    assert list(charts) == [*changed["metric_names"], *others]
     assert charts["dice"] == {"local fit": {"x": [1], "y": [0.5]}}
     assert dashboard.text("#status") == "all done"
     assert dashboard.errors == []
@@ -631,3 +694,221 @@ def test_a_page_that_cannot_load_the_protocol_says_so(dashboard: Dashboard) -> N
     assert "could not load the protocol from the relay (HTTP 503)" in dashboard.text("#empty-state")
     assert any("could not load the protocol" in error for error in dashboard.errors)
     assert dashboard.page.locator(".js-plotly-plot").count() == 0
+
+
+# --------------------------------------------------------------------------- every metric
+
+
+def _plot_layout(dashboard: Dashboard, metric: str) -> Any:
+    return dashboard.page.evaluate(
+        'm => document.querySelector(`[data-metric="${m}"]`).layout', metric
+    )
+
+
+def test_a_custom_metric_gets_its_own_chart(dashboard: Dashboard, relay: RelayProcess) -> None:
+    run = "custom"
+    extra = {"dice": 0.7, "val_throughput": 250.0, "train_error_rate": 0.2}
+    publish_all(
+        relay,
+        [
+            _round_metrics(run, 1, "train", {**_metrics(1), **extra}),
+            _round_metrics(run, 2, "train", {**_metrics(2), **extra, "dice": 0.8}),
+        ],
+    )
+    dashboard.open(f"?run={run}")
+    dashboard.wait_for_seq(2)
+
+    order = dashboard.page.eval_on_selector_all(
+        "[data-metric]", "plots => plots.map((plot) => plot.dataset.metric)"
+    )
+    # The protocol's six first, in their order; then the others, grouped by prefix.
+    assert order == [*METRICS, "dice", "val_throughput", "train_error_rate"]
+    charts = dashboard.charts()
+    assert charts["dice"] == {"fit": {"x": [1, 2], "y": [0.7, 0.8]}}
+    assert charts["val_throughput"]["fit"]["y"] == [250.0, 250.0]
+    # A rate in [0, 1] keeps the fixed axis of the fraction metrics; other values do not.
+    assert _plot_layout(dashboard, "dice")["yaxis"]["range"] == [0, 1.02]
+    assert _plot_layout(dashboard, "train_error_rate")["yaxis"]["range"] == [0, 1.02]
+    assert _plot_layout(dashboard, "accuracy")["yaxis"]["range"] == [0, 1.02]
+    assert _plot_layout(dashboard, "val_throughput")["yaxis"]["autorange"] is True
+    assert dashboard.errors == []
+
+
+def test_many_metrics_get_a_filter_and_folded_groups(
+    dashboard: Dashboard, relay: RelayProcess
+) -> None:
+    run = "many"
+    names = [f"{prefix}{metric}" for prefix in ("val_", "train_", "test_") for metric in METRICS]
+    names += [f"sys_{name}" for name in ("wall_time", "peak_rss_mb", "examples_per_second")]
+    names += ["dice", "iou", "hausdorff"]
+    metrics = {**_metrics(1), **{name: 0.5 for name in names}}
+    assert len(metrics) >= 30
+    publish_all(relay, [_round_metrics(run, 1, "train", metrics)])
+    dashboard.open(f"?run={run}")
+    dashboard.wait_for_seq(1)
+
+    page = dashboard.page
+    assert page.is_visible(".chart-filter")
+    groups = page.eval_on_selector_all(
+        ".chart-group", "gs => gs.map((g) => [g.dataset.group, g.open])"
+    )
+    assert groups == [
+        ["main", True],
+        ["other", False],
+        ["val_", False],
+        ["train_", False],
+        ["test_", False],
+        ["sys_", False],
+    ]
+    drawn = 'm => Boolean(document.querySelector(`[data-metric="${m}"]`).data)'
+    assert all(page.evaluate(drawn, metric) for metric in METRICS)
+    assert not any(page.evaluate(drawn, name) for name in names)  # folded: no Plotly work
+
+    page.click('.chart-group[data-group="val_"] > summary')  # unfold one group
+    dashboard.wait(f"() => ({drawn})('val_loss') && ({drawn})('val_auroc')", LIVE_WITHIN_MS)
+    assert not page.evaluate(drawn, "test_loss")
+
+    page.fill(".chart-filter", "dice")  # the filter shows matching charts, wherever they are
+    dashboard.wait(f"() => ({drawn})('dice')", LIVE_WITHIN_MS)
+    visible = page.eval_on_selector_all(
+        "figure.chart",
+        "fs => fs.filter((f) => f.offsetParent)"
+        ".map((f) => f.querySelector('[data-metric]').dataset.metric)",
+    )
+    assert visible == ["dice"]
+    page.fill(".chart-filter", "")
+    assert page.eval_on_selector('.chart-group[data-group="val_"]', "g => g.open")
+    assert not page.eval_on_selector('.chart-group[data-group="test_"]', "g => g.open")
+    assert dashboard.errors == []
+
+
+def _with_list_values(message: Message) -> Message:
+    """A message with list- and string-valued metrics added (as a relay might allow)."""
+    data = message.get("data", {})
+    if message.get("type") == "round_metrics":
+        data["metrics"]["confusion"] = [[40, 2], [3, 55]]
+        data["metrics"]["note"] = "warming up"
+    if message.get("type") == "client_metrics":
+        data["clients"][0]["metrics"]["histogram"] = [1, 2, 3]
+    return message
+
+
+def test_a_list_valued_metric_shows_in_details_without_breaking_the_page(
+    dashboard: Dashboard, relay: RelayProcess
+) -> None:
+    messages = federated_run("lists", rounds=2, clients=2)
+    stored = [m for m in messages if m["type"] == "training_mode" or m["data"].get("round") == 1]
+    publish_all(relay, stored)
+
+    # The relay refuses such values today: the page is handed them, stored (over HTTP) and
+    # live (on its WebSocket).
+    def history(route: Any) -> None:
+        run = route.fetch().json()
+        run["messages"] = [_with_list_values(message) for message in run["messages"]]
+        route.fulfill(json=run)
+
+    def live(ws: Any) -> None:
+        server = ws.connect_to_server()
+        server.on_message(lambda text: ws.send(json.dumps(_with_list_values(json.loads(text)))))
+        ws.on_message(server.send)
+
+    dashboard.page.route("**/api/runs/lists/metrics*", history)
+    dashboard.page.route_web_socket(lambda url: "subscribe" in url, live)
+    dashboard.open("?run=lists")
+    dashboard.wait_for_seq(len(stored))
+    publish_all(relay, messages[len(stored) :])
+    dashboard.wait_for_seq(len(messages))
+    dashboard.wait(
+        "() => document.getElementById('details-rows').textContent.includes('round 2')",
+        LIVE_WITHIN_MS,
+    )
+
+    rows = dashboard.page.eval_on_selector_all(
+        "#details-rows tr", "rows => rows.map((r) => [...r.cells].map((c) => c.textContent))"
+    )
+    assert ["confusion", "eval, round 2", "[[40,2],[3,55]]"] in rows
+    assert ["confusion", "fit, round 2", "[[40,2],[3,55]]"] in rows
+    assert ["note", "fit, round 2", "warming up"] in rows
+    assert ["histogram", "client 0 · eval, round 2", "[1,2,3]"] in rows
+    charts = dashboard.charts()
+    assert "confusion" not in charts and "note" not in charts  # never drawn
+    assert charts["loss"]["fit"]["x"] == [1, 2]
+    assert dashboard.page.locator("#client-table tbody tr").count() == 2
+    table = list(csv.DictReader(io.StringIO(dashboard.download("#download-csv"))))
+    assert any(row["confusion"] == "[[40,2],[3,55]]" for row in table)
+    assert dashboard.errors == []
+
+
+def test_the_page_does_not_fetch_the_run_list_after_training_end(
+    dashboard: Dashboard, relay: RelayProcess
+) -> None:
+    listed: list[str] = []
+    dashboard.page.on(
+        "request",
+        lambda request: listed.append(request.url) if request.url.endswith("/api/runs") else None,
+    )
+    dashboard.open()
+    messages = federated_run("ends", rounds=2, clients=2)
+    publish_all(relay, messages[:-1])
+    dashboard.wait("document.body.dataset.runId === 'ends'", RECOVER_WITHIN_MS)
+    publish_all(relay, messages[-1:])  # training_end
+    dashboard.wait("!document.getElementById('final-results').hidden", RECOVER_WITHIN_MS)
+    dashboard.wait(
+        "() => document.querySelector('#run-picker option[value=\"ends\"]')?.dataset.status"
+        " === 'completed'",
+        RECOVER_WITHIN_MS,
+    )
+    publish_all(relay, federated_run("next", rounds=1, clients=2))  # and a run after it
+    dashboard.wait("document.body.dataset.runId === 'next'", RECOVER_WITHIN_MS)
+
+    assert len(listed) == 1, listed  # once, at the start; run_summary frames did the rest
+    assert dashboard.errors == []
+
+
+def test_the_client_view_shows_devices_and_system_figures(
+    dashboard: Dashboard, relay: RelayProcess
+) -> None:
+    messages = federated_run("sys", rounds=3, clients=4)
+    for message in messages:
+        if message["type"] != "client_metrics":
+            continue
+        for row in message["data"]["clients"]:
+            client = int(row["client_id"])
+            row["device"] = "cuda:0" if client == 0 else "cpu"
+            row["metrics"].pop("train-time", None)  # only the client mod's figures
+            row["metrics"]["sys_wall_time"] = 4.0 if client == 3 else 1.0 + 0.01 * client
+            row["metrics"]["sys_peak_rss_mb"] = 900.0 + client
+            row["metrics"]["sys_examples_per_second"] = 250.0
+    publish_all(relay, messages)
+    dashboard.open("?run=sys")
+    dashboard.wait_for_seq(len(messages))
+
+    page = dashboard.page
+    header = page.eval_on_selector_all(
+        "#client-table thead th", "cells => cells.map((c) => c.textContent)"
+    )
+    assert header[:4] == ["client", "device", "examples", "sys_wall_time"]
+    assert {"sys_examples_per_second", "sys_peak_rss_mb"} <= set(header)
+    rows = page.eval_on_selector_all(
+        "#client-table tbody tr", "rows => rows.map((r) => [...r.cells].map((c) => c.textContent))"
+    )
+    by_client = {row[0]: row for row in rows}
+    assert by_client["0"][1] == "cuda:0" and by_client["2"][1] == "cpu"
+    assert "straggler (sys_wall_time)" in by_client["3"][-1]
+    assert "straggler" not in by_client["0"][-1]
+    # Every system figure can be shown per client and round.
+    choices = page.eval_on_selector_all("#client-metric option", "os => os.map((o) => o.value)")
+    assert "train|sys_wall_time" in choices
+    page.select_option("#client-metric", "train|sys_wall_time")
+    dashboard.wait(
+        "() => document.getElementById('client-heatmap').data[0].z[3][0] === 4", LIVE_WITHIN_MS
+    )
+    # A click on the heatmap shows that round in the table.
+    page.evaluate(
+        "() => document.getElementById('client-heatmap').emit('plotly_click', {points: [{x: 1}]})"
+    )
+    dashboard.wait(
+        "() => document.getElementById('client-table-caption').textContent === 'fit, round 1'",
+        LIVE_WITHIN_MS,
+    )
+    assert dashboard.errors == []

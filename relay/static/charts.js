@@ -1,167 +1,269 @@
-// The metric charts: one Plotly chart per metric, one line per series.
+// The metric charts of a view: one chart per metric, in groups by name prefix, with a legend
+// shared by all of them; with many metrics, a filter box and folded groups.
 //
-// New points reach a chart through one Plotly.extendTraces call per animation frame (the
-// renderer batches them); a chart is redrawn whole (Plotly.react) only when a line appears
-// or an existing point changes.
+// Only charts that can be seen are drawn: a chart in a folded group, or filtered out, costs
+// no Plotly work until it is shown. The grid draws one chart per step (see FrameLoop), the
+// first in page order that needs it, so a frame never draws more than its budget allows and
+// the first charts are current first.
 
-import {
-  EPOCH_PHASES,
-  EVAL_SOURCES,
-  FRACTION_METRICS,
-  METRICS,
-  ROUND_PHASES,
-} from "./protocol.js";
-
-/* global Plotly */
+import { LineChart } from "./chart.js";
+import { swatch } from "./dom.js";
+import { MAIN_GROUP, groupRank, groupTitle, isBounded, metricGroup } from "./metrics.js";
+import { EPOCH_PHASES, EVAL_SOURCES, ROUND_PHASES } from "./protocol.js";
 
 export const TRAIN_COLOR = "#2563eb";
 export const EVAL_COLOR = "#ea580c";
 // Line colours by series name (the protocol's): training blue, evaluation orange, the
 // server's own evaluation green.
-export const SERIES_COLORS = {
+const SERIES_COLORS = {
   [ROUND_PHASES.train]: TRAIN_COLOR,
   [EPOCH_PHASES.train]: TRAIN_COLOR,
   [ROUND_PHASES.evaluate]: EVAL_COLOR,
   [EPOCH_PHASES.val]: EVAL_COLOR,
   [EVAL_SOURCES.server]: "#16a34a",
 };
-// Past this many points on a line, markers only clutter it (and cost SVG nodes).
-const MARKER_LIMIT = 60;
-export const PLOT_CONFIG = {
-  displaylogo: false,
-  responsive: true,
-  modeBarButtonsToRemove: ["lasso2d", "select2d", "autoScale2d"],
-};
+const OTHER_COLOR = "#7c3aed";
+/** From this many metrics on, the grid offers a filter and folds all but the main group. */
+const MANY_METRICS = 30;
+// A chart waiting this long (ms) is drawn before the charts above it.
+const STARVE_MS = 500;
 
-/** The layout every chart of the page shares. */
-export function baseLayout(overrides = {}) {
+/**
+ * What a grid draws.
+ * @typedef {object} ChartSource
+ * @property {() => string[]} metrics  the metrics to chart, in page order
+ * @property {(metric: string) => import("./chart.js").Line[]} lines
+ * @property {() => {name: string, color: string}[]} legend
+ * @property {string} unit  the x axis title (round, epoch)
+ * @property {string} uirevision  a new value resets the user's zoom
+ */
+
+/** The single run's source: one line per series (fit, eval, central eval; train, val). */
+export function runSource(model) {
+  const lines = (metric) =>
+    model.seriesOf(metric).map(([name, series]) => ({
+      key: name,
+      name,
+      series,
+      color: SERIES_COLORS[name] ?? OTHER_COLOR,
+    }));
   return {
-    height: 250,
-    margin: { l: 48, r: 12, t: 36, b: 40 },
-    font: { family: "system-ui, -apple-system, Segoe UI, sans-serif", size: 12, color: "#334155" },
-    paper_bgcolor: "rgba(0,0,0,0)",
-    plot_bgcolor: "rgba(0,0,0,0)",
-    legend: { orientation: "h", x: 1, xanchor: "right", y: 1.15 },
-    hovermode: "x unified",
-    ...overrides,
+    metrics: () => model.metricNames(),
+    lines,
+    legend: () => {
+      const names = new Set();
+      for (const metric of model.metricNames()) lines(metric).forEach((line) => names.add(line.name));
+      return [...names].map((name) => ({ name, color: SERIES_COLORS[name] ?? OTHER_COLOR }));
+    },
+    get unit() {
+      return model.stepUnit; // known once the run says (or shows) its mode
+    },
+    uirevision: model.runId ?? "",
   };
 }
 
-export class MetricCharts {
-  #plots = new Map(); // metric -> Plotly graph div
-  #traceNames = new Map(); // metric -> series names in trace order
-  #markers = new Map(); // metric -> whether its lines still show markers
-  #dticks = new Map(); // metric -> x tick spacing (rounds and epochs are whole numbers)
+class Group {
+  constructor(name, container) {
+    this.name = name;
+    this.element = document.createElement("details");
+    this.element.className = "chart-group";
+    this.element.dataset.group = name;
+    this.summary = document.createElement("summary");
+    this.grid = document.createElement("div");
+    this.grid.className = "charts";
+    this.element.append(this.summary, this.grid);
+    container.append(this.element);
+    this.chosen = null; // open or folded by the user (null: the grid's default)
+    this.summary.addEventListener("click", () => {
+      this.chosen = !this.element.open; // the click is about to toggle it
+    });
+  }
+}
 
-  constructor(container) {
-    for (const metric of METRICS) {
+export class ChartGrid {
+  #container;
+  #groupsBox;
+  #legend;
+  #filter;
+  #onChange;
+  #groups = new Map(); // group name -> Group
+  #charts = new Map(); // metric -> {chart, figure, group}, in page order
+  #waiting = new Map(); // LineChart -> when it began to need drawing
+  #source = null;
+  #many = false; // MANY_METRICS or more: groups other than the main one start folded
+  #pinned; // metrics charted even before any data (the protocol's six, on a run's page)
+  #idPrefix;
+
+  /**
+   * @param {HTMLElement} container  where the legend, filter and groups go
+   * @param {Function} onChange  called when something needs drawing (zoom, unfold, filter)
+   * @param {object} options  pinned: metrics that get a chart even with no data yet;
+   *   idPrefix: each chart's element id is this + the metric (ids stay unique on the page)
+   */
+  constructor(container, onChange, { pinned = [], idPrefix = "chart-" } = {}) {
+    this.#container = container;
+    this.#onChange = onChange;
+    this.#pinned = pinned;
+    this.#idPrefix = idPrefix;
+    const tools = document.createElement("div");
+    tools.className = "chart-tools";
+    this.#legend = document.createElement("div");
+    this.#legend.className = "legend";
+    this.#filter = document.createElement("input");
+    this.#filter.type = "search";
+    this.#filter.className = "chart-filter";
+    this.#filter.placeholder = "Filter metrics";
+    this.#filter.setAttribute("aria-label", "Filter metrics");
+    this.#filter.hidden = true;
+    this.#filter.addEventListener("input", () => this.#applyFilter());
+    tools.append(this.#legend, this.#filter);
+    this.#groupsBox = document.createElement("div");
+    container.append(tools, this.#groupsBox);
+    container.addEventListener("toggle", () => this.#onChange(), true); // a group (un)folded
+  }
+
+  /** Chart another source (another run, another comparison): every chart is drawn anew. */
+  setSource(source) {
+    this.#source = source;
+    this.#groups.forEach((group) => group.element.remove());
+    this.#groups.clear();
+    this.#charts.clear();
+    this.#waiting.clear();
+    this.sync();
+  }
+
+  /** Add charts for metrics that appeared; refresh every visible chart's lines and legend. */
+  sync() {
+    const metrics = [...new Set([...this.#pinned, ...this.#source.metrics()])];
+    if (metrics.length !== this.#charts.size) this.#addCharts(metrics);
+    const legend = this.#source.legend();
+    const text = legend.map((entry) => entry.name).join("\u0000");
+    if (this.#legend.dataset.names !== text) {
+      this.#legend.dataset.names = text;
+      this.#legend.replaceChildren(...legend.map(legendEntry));
+    }
+    for (const [metric, { chart, figure }] of this.#charts) {
+      if (!this.#isVisible(figure)) continue;
+      const lines = this.#source.lines(metric);
+      const low = Math.min(...lines.map((line) => line.series.low));
+      const high = Math.max(...lines.map((line) => line.series.high));
+      chart.show(lines, {
+        unit: this.#source.unit,
+        bounded: isBounded(metric, low, high),
+        uirevision: this.#source.uirevision,
+      });
+    }
+  }
+
+  /** Charts of these metrics had points changed in place: draw them whole. */
+  invalidate(metrics) {
+    metrics.forEach((metric) => this.#charts.get(metric)?.chart.invalidate());
+  }
+
+  /** Painter: since when the longest-waiting visible chart needs drawing (see FrameLoop). */
+  pending() {
+    const now = performance.now();
+    let oldest;
+    for (const { chart, figure } of this.#charts.values()) {
+      if (!chart.hasWork || !this.#isVisible(figure)) {
+        this.#waiting.delete(chart);
+        continue;
+      }
+      if (!this.#waiting.has(chart)) this.#waiting.set(chart, now);
+      oldest = Math.min(oldest ?? Infinity, this.#waiting.get(chart));
+    }
+    return oldest;
+  }
+
+  /**
+   * Painter: draw the first chart in page order that needs it, so the first charts of a live
+   * update are current first; but a chart that has waited STARVE_MS goes first, so a stream
+   * of updates to the first charts never keeps the last ones waiting.
+   */
+  step() {
+    const now = performance.now();
+    let next;
+    for (const { chart } of this.#charts.values()) {
+      const since = this.#waiting.get(chart);
+      if (since === undefined) continue;
+      if (next === undefined) next = chart;
+      if (now - since > STARVE_MS && since < this.#waiting.get(next)) next = chart;
+    }
+    this.#waiting.delete(next);
+    next?.draw();
+  }
+
+  #isVisible(figure) {
+    const group = figure.closest("details");
+    return !figure.hidden && !group.hidden && group.open;
+  }
+
+  #addCharts(metrics) {
+    this.#many = metrics.length >= MANY_METRICS;
+    this.#filter.hidden = !this.#many;
+    for (const metric of metrics) {
+      if (this.#charts.has(metric)) continue;
+      const group = this.#group(metricGroup(metric));
       const figure = document.createElement("figure");
       figure.className = "card chart";
+      const caption = document.createElement("figcaption");
+      caption.textContent = metric;
       const plot = document.createElement("div");
-      plot.id = `chart-${metric}`;
+      plot.id = `${this.#idPrefix}${metric}`;
       plot.dataset.metric = metric;
-      figure.append(plot);
-      container.append(figure);
-      this.#plots.set(metric, plot);
+      figure.append(caption, plot);
+      // Keep the group's charts in page order (the metrics list is in page order).
+      const after = metrics.slice(0, metrics.indexOf(metric)).reverse();
+      const previous = after.map((name) => this.#charts.get(name)).find((c) => c?.group === group);
+      if (previous) previous.figure.after(figure);
+      else group.grid.prepend(figure);
+      this.#charts.set(metric, { chart: new LineChart(plot, this.#onChange), figure, group });
     }
+    this.#charts = new Map(metrics.map((metric) => [metric, this.#charts.get(metric)])); // page order
+    for (const group of this.#groups.values()) {
+      const count = [...this.#charts.values()].filter((c) => c.group === group).length;
+      group.summary.textContent = `${groupTitle(group.name)} (${count})`;
+    }
+    // Group headings only help when there is more than one group.
+    this.#container.classList.toggle("grouped", this.#groups.size > 1);
+    this.#applyFilter();
   }
 
-  /** Draw every chart from the model's full state (a new run, or the first frame). */
-  redrawAll(model) {
-    METRICS.forEach((metric) => this.#redraw(metric, model));
+  #group(name) {
+    if (!this.#groups.has(name)) {
+      const group = new Group(name, this.#groupsBox);
+      this.#groups.set(name, group);
+      const ordered = [...this.#groups.values()].sort((a, b) => groupRank(a.name) - groupRank(b.name));
+      this.#groupsBox.append(...ordered.map((g) => g.element));
+    }
+    return this.#groups.get(name);
   }
 
-  /** Apply one frame's worth of changes (from RunModel.takeChanges). */
-  update(model, changes) {
-    for (const metric of METRICS) {
-      const pending = changes.points.get(metric);
-      const names = this.#traceNames.get(metric) ?? [];
-      const newLine = pending && [...pending.keys()].some((name) => !names.includes(name));
-      if (changes.rewrite.has(metric) || newLine) {
-        this.#redraw(metric, model);
-      } else if (pending) {
-        this.#extend(metric, model, names, pending);
-      }
+  /**
+   * Show only the charts whose name holds the filter text and open the groups that have
+   * some; with no filter, each group is as the user left it, else as the grid's default.
+   */
+  #applyFilter() {
+    const text = this.#filter.value.trim().toLowerCase();
+    const shown = new Map();
+    for (const [metric, { figure, group }] of this.#charts) {
+      figure.hidden = Boolean(text) && !metric.toLowerCase().includes(text);
+      if (!figure.hidden) shown.set(group, (shown.get(group) ?? 0) + 1);
     }
-  }
-
-  #extend(metric, model, names, pending) {
-    const plot = this.#plots.get(metric);
-    const update = { x: [], y: [] };
-    const indices = [];
-    for (const [name, points] of pending) {
-      indices.push(names.indexOf(name));
-      update.x.push(points.x);
-      update.y.push(points.y);
+    for (const group of this.#groups.values()) {
+      group.element.hidden = Boolean(text) && !shown.has(group);
+      const folded = this.#many && group.name !== MAIN_GROUP;
+      group.element.open = text ? shown.has(group) : (group.chosen ?? !folded);
     }
-    Plotly.extendTraces(plot, update, indices);
-    if (this.#markers.get(metric) && longestLine(model, metric) > MARKER_LIMIT) {
-      this.#markers.set(metric, false);
-      Plotly.restyle(plot, { mode: "lines" });
-    }
-    const dtick = wholeTickStep(model, metric);
-    if (dtick !== this.#dticks.get(metric)) {
-      this.#dticks.set(metric, dtick);
-      Plotly.relayout(plot, { "xaxis.dtick": dtick });
-    }
-  }
-
-  #redraw(metric, model) {
-    const series = model.seriesOf(metric);
-    const markers = longestLine(model, metric) <= MARKER_LIMIT;
-    this.#traceNames.set(
-      metric,
-      series.map(([name]) => name),
-    );
-    this.#markers.set(metric, markers);
-    this.#dticks.set(metric, wholeTickStep(model, metric));
-    // Copies: extendTraces grows the arrays it was given, and these belong to the model.
-    const traces = series.map(([name, line]) => ({
-      type: "scatter",
-      mode: markers ? "lines+markers" : "lines",
-      name,
-      x: line.xs.slice(),
-      y: line.ys.slice(),
-      line: { color: SERIES_COLORS[name], width: 2 },
-      marker: { size: 6 },
-      hovertemplate: "%{y:.4f}",
-    }));
-    const layout = baseLayout({
-      title: { text: metric, x: 0.02, font: { size: 14 } },
-      uirevision: model.runId, // keep the user's zoom while points arrive
-      xaxis: { title: { text: model.stepUnit }, dtick: this.#dticks.get(metric), zeroline: false },
-      yaxis: FRACTION_METRICS.has(metric)
-        ? { range: [0, 1.02], zeroline: false }
-        : { zeroline: false },
-      annotations: traces.length ? [] : [emptyNote("waiting for data")],
-    });
-    Plotly.react(this.#plots.get(metric), traces, layout, PLOT_CONFIG);
+    this.#onChange();
   }
 }
 
-/** A centred grey note for a chart with nothing to show yet. */
-export function emptyNote(text) {
-  return {
-    text,
-    xref: "paper",
-    yref: "paper",
-    x: 0.5,
-    y: 0.5,
-    showarrow: false,
-    font: { color: "#94a3b8", size: 13 },
-  };
-}
-
-/** A tick step of 1, 2, 5, 10, 20, 50, ... giving at most ten ticks over the x range. */
-function wholeTickStep(model, metric) {
-  const last = Math.max(1, ...model.seriesOf(metric).map(([, line]) => line.xs.at(-1) ?? 1));
-  for (let step = 1; ; step *= 10) {
-    for (const multiple of [1, 2, 5]) {
-      if (last / (step * multiple) <= 10) return step * multiple;
-    }
-  }
-}
-
-function longestLine(model, metric) {
-  return Math.max(0, ...model.seriesOf(metric).map(([, line]) => line.xs.length));
+function legendEntry({ name, color }) {
+  const entry = document.createElement("span");
+  entry.className = "legend-entry";
+  const label = document.createElement("span");
+  label.textContent = name;
+  entry.append(swatch(color), label);
+  return entry;
 }

@@ -1,259 +1,355 @@
-// The dashboard: picks a run, keeps its messages complete and in order, and redraws the page
-// at most once per animation frame.
+// The dashboard: shows one run (?run=, or the newest) or compares several (?compare=), keeps
+// their messages complete and in order, keeps the run list current, and draws through one
+// FrameLoop, so that what a live message costs to draw never depends on the run's length.
 //
-// Charts are the costly part: a catch-up replay is drawn once, when it ends, and live
-// points are drawn in batches (Plotly.extendTraces) spaced so that drawing never takes more
-// than a third of the page's time, however many points the charts hold.
+// The run list comes from /api/runs once at the start (and again after a reconnect); after
+// that the relay's run_summary frames, where it sends them, and the messages the page
+// receives keep it current. A relay that does not send run_summary frames gets a
+// subscription to every run's live messages instead, so that the page still sees new runs.
 //
-// The page subscribes to every run live (to notice new runs) and to the shown run with
-// `since` = the last seq it holds, so a late or reconnecting page first receives what it
-// missed, then live messages. Messages of the shown run are applied strictly in seq order:
-// duplicates are dropped, and a message that arrives ahead of a missing one waits until
-// the replay fills the gap.
+// Each shown run has a RunFeed: what the relay stored (over HTTP), then a subscription with
+// `since` = the last seq held, so a late or reconnecting page first receives what it missed,
+// then live messages. A catch-up is drawn once, when it ends.
 
-import { RelayConnection, control, relayUrl } from "./connection.js";
-import { RunModel } from "./run.js";
-import { MetricCharts } from "./charts.js";
+import { CompareView, MAX_COMPARED, MIN_COMPARED } from "./compare.js";
+import { ChartGrid, runSource } from "./charts.js";
 import { ClientView } from "./clients.js";
+import { RelayConnection, control, relayUrl } from "./connection.js";
 import { download, fileStem, runToCsv, runToJson } from "./export.js";
-import { DEFAULT_RUN } from "./protocol.js";
+import { RunFeed } from "./feed.js";
+import { FrameLoop } from "./loop.js";
+import { plotlyReady } from "./plotly.js";
+import { DEFAULT_RUN, METRICS, RELAY_PUSHES_RUN_SUMMARIES } from "./protocol.js";
+import { RunModel } from "./run.js";
+import { RunList } from "./runlist.js";
 import * as view from "./view.js";
 
+const $ = (id) => document.getElementById(id);
+
 class Dashboard {
-  #model = null; // the shown run
-  #runs = []; // /api/runs, newest first
-  #knownRunIds = new Set();
+  #runs = new RunList();
+  #runsLoaded = null; // the latest /api/runs fetch
+  #epoch = null; // the relay database's epoch, as /api/runs said
+  #feeds = new Map(); // run id -> RunFeed of every run shown (one, or the compared ones)
+  #model = null; // the run view's run
   #pinnedRunId; // chosen by the user (or ?run=); null: follow the newest run
-  #waiting = new Map(); // seq -> message of the shown run that arrived ahead of its turn
-  #replaying = false; // a subscribe with `since` is being answered
-  #frame = 0;
-  #chartsFreeAt = 0; // performance.now() before which the charts are not drawn again
-  #later = null; // the timer that draws the charts once they are free
-  #summarised = -1; // messages count the summary shows
-  #refreshing = null;
-  #refreshAgain = false;
+  #compared = null; // run ids of the compare view, or null: the run view
+  #opened = false; // the link opened once already (a later open is a reconnect)
+  #plotted = false; // Plotly has loaded
+  #summarised = -1; // messageCount the summary shows
   #retryAt = null;
 
   constructor() {
     const params = new URLSearchParams(window.location.search);
     this.#pinnedRunId = params.get("run");
+    const compared = comparedIds(window.location.search);
     // ?heartbeat=<seconds>: how often to check the link (a silent link dies after 2.5 of them).
     const heartbeat = Number(params.get("heartbeat"));
-    this.charts = new MetricCharts(document.getElementById("metric-charts"));
-    this.clients = new ClientView(document.getElementById("clients"));
-    this.connection = new RelayConnection(relayUrl(), {
-      onOpen: () => this.#onOpen(),
-      onMessage: (message) => this.#onMessage(message),
-      onState: (state, retryAt) => {
-        this.#retryAt = retryAt;
-        view.showConnection(state, retryAt);
+    const request = () => this.loop.request();
+    this.charts = new ChartGrid($("metric-charts"), request, { pinned: METRICS });
+    this.clients = new ClientView($("clients"), request);
+    this.compare = new CompareView($("compare-view"), request);
+    const whenPlotted = (painter, inView) => ({
+      pending: () => (this.#plotted && inView() ? painter.pending() : undefined),
+      step: () => painter.step(),
+    });
+    const runView = () => !this.#compared && this.#model && !this.#feedOf(this.#model).replaying;
+    const compareView = () => this.#compared && [...this.#feeds.values()].every((f) => !f.replaying);
+    this.loop = new FrameLoop(
+      [
+        whenPlotted(this.charts, () => !this.#compared),
+        whenPlotted(this.clients, runView),
+        whenPlotted(this.compare, compareView),
+      ],
+      { before: () => this.#beforeFrame(), whenDone: () => this.#drawn() },
+    );
+    this.connection = new RelayConnection(
+      relayUrl(),
+      {
+        onOpen: () => this.#onOpen(),
+        onMessage: (message) => this.#onMessage(message),
+        onState: (state, retryAt) => {
+          this.#retryAt = retryAt;
+          view.showConnection(state, retryAt);
+        },
       },
-    }, heartbeat > 0 ? { pingEveryMs: heartbeat * 1000 } : {});
-    document.getElementById("run-picker").addEventListener("change", (event) => {
-      this.#pin(event.target.value || null);
-    });
-    document.getElementById("download-csv").addEventListener("click", () => {
-      this.#download("csv", runToCsv, "text/csv");
-    });
-    document.getElementById("download-json").addEventListener("click", () => {
+      heartbeat > 0 ? { pingEveryMs: heartbeat * 1000 } : {},
+    );
+    $("run-picker").addEventListener("change", (event) => this.#pin(event.target.value || null));
+    $("download-csv").addEventListener("click", () => this.#download("csv", runToCsv, "text/csv"));
+    $("download-json").addEventListener("click", () => {
       this.#download("json", runToJson, "application/json");
     });
+    this.#wireCompareDialog();
+    this.compare.section.addEventListener("linechange", () => this.#setUrl());
     setInterval(() => this.#tick(), 1000);
+    if (compared.length) this.#compare(compared, params.get("line"));
+    else this.#showRun(this.#pinnedRunId);
+  }
+
+  start() {
+    plotlyReady.then(
+      () => {
+        this.#plotted = true;
+        this.loop.request();
+      },
+      (error) => {
+        $("empty-state").hidden = false;
+        $("empty-state").textContent = `The dashboard ${error.message}; reload the page.`;
+        console.error(`fl-stream: ${error.message}`);
+      },
+    );
+    // The link and the run list at once: a pinned run or a comparison needs no list to start.
+    this.#runsLoaded = this.#loadRuns();
+    this.connection.start();
   }
 
   #download(extension, build, type) {
     const model = this.#model;
-    if (model) download(`${fileStem(model.runId)}.${extension}`, build(model), type);
-  }
-
-  async start() {
-    this.charts.redrawAll(new RunModel(null));
-    // Runs already stored are "known" before live messages arrive, so only new ones are news.
-    await this.#refreshRuns();
-    this.connection.start();
+    if (model && !this.#compared) {
+      download(`${fileStem(model.runId)}.${extension}`, build(model), type);
+    }
   }
 
   // ----------------------------------------------------------------------- the link
 
-  #onOpen() {
-    // Every run, live: a new run, or one that finished, updates the picker.
-    this.connection.send(control("subscribe", { run_id: null, since: null }));
-    if (this.#model) this.#subscribe();
-    this.#refreshRuns(); // whatever changed while the link was down
-  }
-
-  #subscribe() {
-    this.#replaying = true;
-    const data = { run_id: this.#model.runId, since: this.#model.lastSeq };
-    this.connection.send(control("subscribe", data));
+  async #onOpen() {
+    const reconnect = this.#opened;
+    this.#opened = true;
+    if (reconnect) this.#runsLoaded = this.#loadRuns(); // whatever changed while it was down
+    this.#feeds.forEach((feed) => feed.subscribe());
+    if (!RELAY_PUSHES_RUN_SUMMARIES) {
+      // Every run, live, so new runs and finished ones update the list; after the list has
+      // come, so that only runs it does not hold are news.
+      await this.#runsLoaded;
+      this.connection.send(control("subscribe", { run_id: null, since: null }));
+    }
   }
 
   #onMessage(message) {
-    if (message.type === "replay_end") {
-      if (message.data?.run_id === this.#model?.runId) this.#endReplay();
-      return;
+    switch (message.type) {
+      case "ack":
+      case "rejected":
+        return; // replies for publishers
+      case "replay_end": {
+        const feed = this.#feeds.get(message.data?.run_id);
+        if (feed && !feed.endReplay(message.data ?? {})) this.#reshow();
+        this.loop.request();
+        return;
+      }
+      case "run_summary":
+        this.#runSummary(message.data);
+        return;
+      default:
+        break;
     }
-    if (message.type === "ack" || message.type === "rejected") return; // for publishers
     const runId = message.run_id ?? DEFAULT_RUN;
-    if (!this.#knownRunIds.has(runId)) this.#discover(runId);
-    if (runId === this.#model?.runId) this.#receive(message);
-    if (message.type === "training_end" || message.type === "error") this.#refreshRuns();
-  }
-
-  #receive(message) {
-    const model = this.#model;
-    const seq = message.seq;
-    if (!Number.isInteger(seq)) {
-      model.apply(message); // a relay that does not number messages: nothing to order by
-    } else if (seq > model.lastSeq && !this.#waiting.has(seq)) {
-      this.#waiting.set(seq, message);
-      this.#applyInOrder();
-      // A hole in the live stream (e.g. the relay dropped us for a moment): fetch it.
-      if (this.#waiting.size && !this.#replaying) this.#subscribe();
+    const change = this.#runs.note(message);
+    if (change === "new") this.#newRun(runId);
+    else if (change) this.#showRuns();
+    const shown = this.#feeds.get(runId);
+    if (shown) {
+      shown.receive(message);
+      this.loop.request();
     }
-    this.#schedule();
-  }
-
-  #applyInOrder() {
-    const model = this.#model;
-    let next;
-    while ((next = this.#waiting.get(model.lastSeq + 1))) {
-      this.#waiting.delete(next.seq);
-      model.apply(next);
-    }
-  }
-
-  #endReplay() {
-    this.#replaying = false;
-    this.#applyInOrder();
-    // The relay has sent every stored message: a hole still open is one the run never had.
-    const rest = [...this.#waiting.values()].sort((a, b) => a.seq - b.seq);
-    this.#waiting.clear();
-    rest.forEach((message) => this.#model.apply(message));
-    this.#drawAll();
   }
 
   // ----------------------------------------------------------------------- runs
 
-  #discover(runId) {
-    this.#knownRunIds.add(runId);
-    if (!this.#pinnedRunId) this.#show(runId); // a run that just started is the newest
-    this.#refreshRuns();
-  }
-
-  #pin(runId) {
-    this.#pinnedRunId = runId;
-    const url = new URL(window.location.href);
-    if (runId) url.searchParams.set("run", runId);
-    else url.searchParams.delete("run");
-    window.history.replaceState(null, "", url);
-    const newest = this.#runs[0]?.run_id;
-    if (runId ?? newest) this.#show(runId ?? newest);
-    this.#showRuns();
-  }
-
-  #show(runId) {
-    if (this.#model?.runId === runId) return;
-    if (this.#model) this.connection.send(control("unsubscribe", { run_id: this.#model.runId }));
-    this.#model = new RunModel(runId);
-    this.#waiting.clear();
-    this.clients.reset();
-    view.hideFinal();
-    this.#drawAll();
-    document.getElementById("empty-state").hidden = true;
-    this.#subscribe();
-    this.#showRuns();
-  }
-
-  async #refreshRuns() {
-    if (this.#refreshing) {
-      this.#refreshAgain = true; // one more fetch once this one is done
-      return this.#refreshing;
-    }
-    this.#refreshing = (async () => {
-      do {
-        this.#refreshAgain = false;
-        await this.#fetchRuns();
-      } while (this.#refreshAgain);
-      this.#refreshing = null;
-    })();
-    return this.#refreshing;
-  }
-
-  async #fetchRuns() {
-    let runs;
+  async #loadRuns() {
+    let listed;
     try {
       const response = await fetch("api/runs", { cache: "no-store" });
       if (!response.ok) throw new Error(`HTTP ${response.status}`);
-      runs = (await response.json()).runs;
+      listed = await response.json(); // {epoch, runs}
     } catch (error) {
       console.warn(`fl-stream: could not list runs (${error.message}); will retry on reconnect`);
       return;
     }
-    // Newest first by start time: "most recently active" would flip between parallel runs.
-    this.#runs = runs.sort((a, b) => b.first_timestamp.localeCompare(a.first_timestamp));
-    runs.forEach((run) => this.#knownRunIds.add(run.run_id));
-    const shown = this.#model?.runId;
-    const shownIsListed = runs.some((run) => run.run_id === shown);
-    if (this.#pinnedRunId) this.#show(this.#pinnedRunId);
-    else if (runs.length && (!shown || shownIsListed)) this.#show(runs[0].run_id);
+    this.#runs.replace(listed.runs);
+    this.#epoch = listed.epoch ?? null;
+    const newest = this.#runs.sorted()[0]?.run_id;
+    if (!this.#compared && !this.#pinnedRunId && newest) this.#showRun(newest);
+    this.#showRuns();
+  }
+
+  #runSummary(summary) {
+    if (!summary || typeof summary.run_id !== "string") return;
+    const isNew = !this.#runs.has(summary.run_id);
+    this.#runs.upsert(summary);
+    if (isNew) this.#newRun(summary.run_id);
+    else this.#showRuns();
+  }
+
+  #newRun(runId) {
+    // A run that just started is the newest: a page that follows the newest shows it.
+    if (!this.#compared && !this.#pinnedRunId) this.#showRun(runId);
     this.#showRuns();
   }
 
   #showRuns() {
-    view.showRuns(this.#runs, this.#model?.runId, this.#pinnedRunId);
+    view.showRuns(this.#runs.sorted(), this.#model?.runId, this.#pinnedRunId);
+  }
+
+  #feedOf(model) {
+    return this.#feeds.get(model.runId);
+  }
+
+  /** Replace the shown runs' feeds by new ones for these models. */
+  #follow(models) {
+    this.#feeds.forEach((feed) => feed.unsubscribe());
+    const epoch = async () => {
+      await this.#runsLoaded;
+      return this.#epoch;
+    };
+    const feeds = models.map((model) => new RunFeed(model, this.connection, epoch));
+    this.#feeds = new Map(feeds.map((feed) => [feed.runId, feed]));
+    feeds.forEach((feed) => feed.subscribe()); // the stored messages at once, link or not
+  }
+
+  #pin(runId) {
+    this.#pinnedRunId = runId;
+    this.#compared = null;
+    this.#setUrl();
+    this.#showRun(runId ?? this.#runs.sorted()[0]?.run_id ?? null);
+  }
+
+  /** The run view on one run (null: none yet, the placeholder charts). */
+  #showRun(runId) {
+    if (!this.#compared && runId !== null && this.#model?.runId === runId) return;
+    this.#compared = null;
+    document.body.dataset.view = "run";
+    delete document.body.dataset.lastSeq; // until this run is drawn
+    const model = new RunModel(runId);
+    this.#model = runId === null ? null : model;
+    this.#follow(this.#model ? [model] : []);
+    this.#summarised = -1;
+    this.charts.setSource(runSource(model));
+    this.clients.show(this.#model);
+    view.hideFinal();
+    view.showDetails(model);
+    if (this.#model) {
+      $("empty-state").hidden = true;
+      view.showSummary(model);
+    }
+    this.#showRuns();
+    this.loop.request();
+  }
+
+  /** Show the same runs anew, from nothing (the relay changed databases). */
+  #reshow() {
+    if (this.#compared) {
+      this.#compare(this.#compared, this.compare.line);
+    } else {
+      const runId = this.#model.runId;
+      this.#model = null; // so #showRun does not keep it
+      this.#showRun(runId);
+    }
+  }
+
+  /** The compare view on these runs (at most MAX_COMPARED), drawing `line` of each. */
+  #compare(runIds, line) {
+    const ids = [...new Set(runIds)].slice(0, MAX_COMPARED);
+    this.#compared = ids;
+    this.#model = null;
+    document.body.dataset.view = "compare";
+    delete document.body.dataset.lastSeq;
+    $("empty-state").hidden = true;
+    // A comparison draws each run's lines only: no client data, no messages kept.
+    const models = ids.map((id) => new RunModel(id, { keepClients: false, keepMessages: false }));
+    this.#follow(models);
+    this.compare.show(models, line);
+    this.#setUrl();
+    this.#showRuns();
+    this.loop.request();
+  }
+
+  /** The URL says what is shown: ?run=, or ?compare=a,b,c (and &line=), so it can be shared. */
+  #setUrl() {
+    const url = new URL(window.location.href);
+    for (const name of ["run", "compare", "line"]) url.searchParams.delete(name);
+    if (this.#compared) {
+      if (this.compare.line !== "evaluation") url.searchParams.set("line", this.compare.line);
+      // Written by hand: URLSearchParams would turn the commas into %2C.
+      const ids = this.#compared.map(encodeURIComponent).join(",");
+      url.search = `?compare=${ids}${url.search ? `&${url.search.slice(1)}` : ""}`;
+    } else if (this.#pinnedRunId) {
+      url.searchParams.set("run", this.#pinnedRunId);
+    }
+    window.history.replaceState(null, "", url);
+  }
+
+  #wireCompareDialog() {
+    const dialog = $("compare-dialog");
+    const list = $("compare-choices");
+    const go = $("compare-go");
+    const picked = () => [...list.querySelectorAll("input:checked")].map((box) => box.value);
+    const count = () => {
+      const n = picked().length;
+      go.disabled = n < MIN_COMPARED || n > MAX_COMPARED;
+      $("compare-count").textContent = `${n} picked (${MIN_COMPARED} to ${MAX_COMPARED})`;
+    };
+    $("compare-open").addEventListener("click", () => {
+      const current = new Set(this.#compared ?? [this.#model?.runId].filter(Boolean));
+      const runs = this.#runs.sorted();
+      list.replaceChildren(
+        ...runs.map((run) => {
+          const label = document.createElement("label");
+          const box = document.createElement("input");
+          box.type = "checkbox";
+          box.value = run.run_id;
+          box.checked = current.has(run.run_id);
+          label.append(box, ` ${run.run_id}`);
+          return label;
+        }),
+      );
+      count();
+      dialog.showModal();
+    });
+    list.addEventListener("change", count);
+    go.addEventListener("click", () => {
+      dialog.close();
+      this.#compare(picked(), this.compare.line);
+    });
+    $("compare-cancel").addEventListener("click", () => dialog.close());
+    $("compare-close").addEventListener("click", () => this.#pin(this.#pinnedRunId));
   }
 
   // ----------------------------------------------------------------------- drawing
 
-  #schedule() {
-    if (!this.#frame) this.#frame = requestAnimationFrame(() => this.#render());
-  }
-
-  /** One frame: the summary always; the charts unless a replay is on or they drew recently. */
-  #render() {
-    this.#frame = 0;
+  /** At the start of each frame: the text parts, and what the model's changes mean. */
+  #beforeFrame() {
+    if (this.#compared) {
+      const rewritten = new Set();
+      for (const feed of this.#feeds.values()) {
+        if (!feed.replaying) feed.model.takeChanges().rewrite.forEach((m) => rewritten.add(m));
+      }
+      this.compare.refresh(this.#runs, rewritten);
+      return;
+    }
     const model = this.#model;
-    if (model.messages.length !== this.#summarised) {
-      this.#summarised = model.messages.length;
+    if (!model) return;
+    if (model.messageCount !== this.#summarised) {
+      this.#summarised = model.messageCount;
       view.showSummary(model);
       view.showBanners(model);
     }
-    if (this.#replaying) return; // drawn whole by #drawAll when the replay ends
-    const wait = this.#chartsFreeAt - performance.now();
-    if (wait > 0) {
-      this.#later ??= setTimeout(() => {
-        this.#later = null;
-        this.#schedule();
-      }, wait);
-      return;
-    }
-    const started = performance.now();
+    if (this.#feedOf(model).replaying) return; // drawn once, when the replay ends
     const changes = model.takeChanges();
-    this.charts.update(model, changes);
-    if (changes.clients) this.clients.update(model);
+    this.charts.invalidate(changes.rewrite);
+    this.charts.sync();
+    if (changes.clientPhases.size || changes.counts) {
+      this.clients.changed({ phases: changes.clientPhases, counts: changes.counts });
+    }
+    if (changes.details) view.showDetails(model);
     if (changes.finished) this.#showFinal(model);
-    this.#drawn(model, started);
   }
 
-  /** Draw the whole run at once (after a replay: one Plotly.react per chart). */
-  #drawAll() {
+  /** A frame left nothing to draw: the page shows every message it holds. */
+  #drawn() {
     const model = this.#model;
-    const started = performance.now();
-    model.takeChanges(); // all of it is drawn below
-    this.charts.redrawAll(model);
-    this.clients.update(model);
-    view.showSummary(model);
-    view.showBanners(model);
-    this.#summarised = model.messages.length;
-    if (model.trainingEnd) this.#showFinal(model);
-    this.#drawn(model, started);
-  }
-
-  #drawn(model, started) {
-    const now = performance.now();
-    this.#chartsFreeAt = now + 2 * (now - started);
-    // For tests and scripts: the last seq that is on the charts.
+    if (!this.#plotted || this.#compared || !model || this.#feedOf(model).replaying) return;
+    // For tests and scripts: the last seq the page has drawn.
     document.body.dataset.lastSeq = String(model.lastSeq);
   }
 
@@ -276,6 +372,13 @@ class Dashboard {
       view.showConnection("reconnecting", this.#retryAt);
     }
   }
+}
+
+/** The run ids of ?compare=a,b,c: split before decoding, so an id may hold a (%2C) comma. */
+function comparedIds(search) {
+  const raw = search.slice(1).split("&").find((part) => part.startsWith("compare="));
+  if (!raw) return [];
+  return raw.slice("compare=".length).split(",").filter(Boolean).map(decodeURIComponent);
 }
 
 new Dashboard().start();

@@ -1,7 +1,8 @@
 // Downloads of the run the page holds: JSON (the messages as received) and CSV (one row per
 // metrics record), built in the browser so they work offline and match what is drawn.
 
-import { METRICS, ROUND_PHASES } from "./protocol.js";
+import { compareMetrics } from "./metrics.js";
+import { ROUND_PHASES } from "./protocol.js";
 
 const FIXED_COLUMNS = [
   "seq",
@@ -28,8 +29,7 @@ export function runToCsv(model) {
   const records = model.messages.flatMap(recordsOf);
   const metricNames = new Set();
   records.forEach((record) => Object.keys(record.metrics).forEach((name) => metricNames.add(name)));
-  const extra = [...metricNames].filter((name) => !METRICS.includes(name)).sort();
-  const metricColumns = [...METRICS.filter((name) => metricNames.has(name)), ...extra];
+  const metricColumns = [...metricNames].sort(compareMetrics); // as the charts are ordered
   const header = [...FIXED_COLUMNS, ...metricColumns, "details"];
   const lines = [header.map(csvCell).join(",")];
   for (const record of records) {
@@ -103,6 +103,7 @@ function recordsOf(message) {
 
 function csvCell(value) {
   if (value === null || value === undefined) return "";
-  const text = String(value);
+  // A list-valued metric (or any object) as JSON, not as JavaScript's "1,2,3".
+  const text = typeof value === "object" ? JSON.stringify(value) : String(value);
   return /[",\r\n]/.test(text) ? `"${text.replaceAll('"', '""')}"` : text;
 }

@@ -1,10 +1,20 @@
 // Text for numbers, durations and times as the page shows them.
 
-import { toNumber } from "./run.js";
+import { isScalar, toNumber } from "./values.js";
 
-/** A metric value for a table cell: 4 significant decimals, "NaN"/"∞" spelled out. */
+// A non-scalar value (a list, a string) is shown as JSON, cut to this many characters.
+const VALUE_CHARS = 120;
+
+/**
+ * A metric value for a table cell: 4 significant decimals, "NaN"/"∞" spelled out; a value
+ * that is not a scalar (a list, a string) as shortened JSON.
+ */
 export function formatNumber(value) {
   if (value === null || value === undefined) return "—";
+  if (!isScalar(value)) {
+    const text = typeof value === "string" ? value : JSON.stringify(value);
+    return text.length > VALUE_CHARS ? `${text.slice(0, VALUE_CHARS - 1)}…` : text;
+  }
   const number = toNumber(value);
   if (Number.isNaN(number)) return "NaN";
   if (!Number.isFinite(number)) return number > 0 ? "∞" : "−∞";
@@ -25,8 +35,15 @@ export function formatDuration(ms) {
   return `${s}s`;
 }
 
+// One formatter for every time: toLocaleString with options builds one per call.
+const LOCAL_TIME = new Intl.DateTimeFormat(undefined, {
+  dateStyle: "short",
+  timeStyle: "medium",
+  hour12: false,
+});
+
 /** A timestamp as local date and time, to the second. */
 export function formatTime(timestamp) {
   const time = new Date(timestamp);
-  return Number.isNaN(time.getTime()) ? "" : time.toLocaleString(undefined, { hour12: false });
+  return Number.isNaN(time.getTime()) ? "" : LOCAL_TIME.format(time);
 }

@@ -37,6 +37,8 @@ export const PROTOCOL = deepFreeze(described);
 export const METRICS = PROTOCOL.metric_names;
 /** Metrics whose values are fractions in [0, 1]. */
 export const FRACTION_METRICS = new Set(PROTOCOL.fraction_metrics);
+/** The strings that stand for non-finite numbers ("NaN", "Infinity", "-Infinity"). */
+export const NON_FINITE = new Set(PROTOCOL.non_finite);
 /** Run statuses by name (STATUS.running, STATUS.failed, ...). */
 export const STATUS = PROTOCOL.statuses;
 /** The statuses of a finished run. */
@@ -55,6 +57,13 @@ export const DEFAULT_ROUND_PHASE = PROTOCOL.default_round_phase;
 export const EVAL_SOURCES = PROTOCOL.eval_sources;
 /** The eval_source of a round_end that states none (the original format). */
 export const DEFAULT_EVAL_SOURCE = PROTOCOL.default_eval_source;
+
+/**
+ * Whether this relay pushes a `run_summary` control frame whenever a run appears or changes
+ * status (it says so by listing the type in its protocol). Without it the page keeps its run
+ * list current from the runs' own messages.
+ */
+export const RELAY_PUSHES_RUN_SUMMARIES = Object.hasOwn(PROTOCOL.control_types ?? {}, "run_summary");
 
 /** How a status reads on the page (its label); an unknown one reads as itself. */
 export function statusLabel(status) {

@@ -1,19 +1,25 @@
 // The state of one run, rebuilt from its messages applied in seq order.
 //
-// The model only records; it never touches the page. Each change is also queued in
-// `changes`, which the renderer drains once per animation frame (see `takeChanges`).
+// The model only records; it never touches the page. What changed is queued in `changes`,
+// which the renderer drains (see `takeChanges`). Metric names are discovered from the
+// messages: every scalar metric gets its series; a value that is not a scalar (a list, a
+// string) is kept in `details` instead of being drawn.
 
+import { ClientRounds } from "./clientrounds.js";
+import { compareMetrics } from "./metrics.js";
 import {
   DEFAULT_EVAL_SOURCE,
   DEFAULT_ROUND_PHASE,
   EPOCH_PHASES,
   EVAL_SOURCES,
   FINAL_STATUSES,
-  METRICS,
   MODE,
   ROUND_PHASES,
   STATUS,
+  roundPhaseLabel,
 } from "./protocol.js";
+import { Series } from "./series.js";
+import { isScalar, plottable } from "./values.js";
 
 // Series names on the metric charts come from the protocol: federated rounds plot fit/eval
 // (round_metrics phases train/evaluate), centralized epochs plot train/val. A round_end's
@@ -30,97 +36,7 @@ const SERIES_ORDER = [
   ]),
 ]; // fit/train first, then the evaluation lines
 const WAITING = "waiting"; // the page's own state: no message of the run yet
-
-/** A wire value as a number: "NaN"/"Infinity"/"-Infinity" via Number(); null stays null. */
-export function toNumber(value) {
-  return value === null || value === undefined ? null : Number(value);
-}
-
-/** A wire value ready to plot: finite numbers only, anything else a gap (null). */
-export function plottable(value) {
-  const number = toNumber(value);
-  return Number.isFinite(number) ? number : null;
-}
-
-/** Compare ids so that "2" sorts before "10". */
-export function naturalCompare(a, b) {
-  return String(a).localeCompare(String(b), undefined, { numeric: true });
-}
-
-/** One line of a chart: x sorted ascending, one y per x. */
-class Series {
-  xs = [];
-  ys = [];
-
-  /** Set y at x; returns "append" (new last x), "same" (no change) or "rewrite". */
-  set(x, y) {
-    const last = this.xs.length - 1;
-    if (last < 0 || x > this.xs[last]) {
-      this.xs.push(x);
-      this.ys.push(y);
-      return "append";
-    }
-    const at = this.xs.findIndex((value) => value >= x);
-    if (this.xs[at] === x) {
-      if (this.ys[at] === y) return "same"; // round_end repeating round_metrics
-      this.ys[at] = y;
-    } else {
-      this.xs.splice(at, 0, x);
-      this.ys.splice(at, 0, y);
-    }
-    return "rewrite";
-  }
-}
-
-/** Per-client metrics of a federated run: phase -> client -> round -> entry. */
-class ClientRounds {
-  byPhase = new Map();
-  counts = new Map(); // phase -> Map(round -> clients that took part)
-  metricNames = new Map(); // phase -> Set of metric names seen
-
-  add(round, phase, clients) {
-    const table = getOrCreate(this.byPhase, phase, () => new Map());
-    const names = getOrCreate(this.metricNames, phase, () => new Set());
-    for (const client of clients) {
-      const id = String(client.client_id);
-      getOrCreate(table, id, () => new Map()).set(round, {
-        numExamples: client.num_examples,
-        metrics: client.metrics ?? {},
-        error: client.error ?? null, // a client whose reply failed
-      });
-      Object.keys(client.metrics ?? {}).forEach((name) => names.add(name));
-    }
-    this.setCount(round, phase, clients.length);
-  }
-
-  setCount(round, phase, count) {
-    getOrCreate(this.counts, phase, () => new Map()).set(round, count);
-  }
-
-  get isEmpty() {
-    return this.byPhase.size === 0 && this.counts.size === 0;
-  }
-
-  phases() {
-    return [...this.byPhase.keys()].sort();
-  }
-
-  clientIds(phase) {
-    return [...(this.byPhase.get(phase)?.keys() ?? [])].sort(naturalCompare);
-  }
-
-  rounds(phase) {
-    const rounds = new Set();
-    for (const perRound of this.byPhase.get(phase)?.values() ?? []) {
-      perRound.forEach((_, round) => rounds.add(round));
-    }
-    return [...rounds].sort((a, b) => a - b);
-  }
-
-  entry(phase, clientId, round) {
-    return this.byPhase.get(phase)?.get(clientId)?.get(round);
-  }
-}
+const FINAL = "final"; // where the final metrics' non-scalar values are shown as coming from
 
 function positiveOrNull(value) {
   return Number.isInteger(value) && value > 0 ? value : null;
@@ -133,21 +49,34 @@ function getOrCreate(map, key, create) {
 
 function emptyChanges() {
   return {
-    points: new Map(), // metric -> series name -> {x: [], y: []} appended since last frame
+    metrics: new Set(), // metrics with new points
     rewrite: new Set(), // metrics whose chart must be redrawn from scratch
-    clients: false,
+    clientPhases: new Set(), // phases with new client entries
+    counts: false, // how many clients took part in a round changed
     finished: false,
+    details: false,
   };
 }
 
 export class RunModel {
-  constructor(runId) {
+  #sortedNames = null; // metricNames(), until a metric appears
+
+  /**
+   * @param {string} runId
+   * @param {object} options  keepClients (false: client_metrics are counted, never read,
+   *   as a comparison needs), keepMessages (false: the messages are not kept for downloads)
+   */
+  constructor(runId, { keepClients = true, keepMessages = true } = {}) {
     this.runId = runId;
-    this.messages = []; // every message applied, in seq order (what the downloads hold)
+    this.keepClients = keepClients;
+    this.keepMessages = keepMessages;
+    this.messages = []; // messages in seq order (what the downloads hold)
+    this.messageCount = 0;
     this.lastSeq = 0;
     this.mode = null; // MODE.federated | MODE.centralized, from training_mode or inferred
     this.totalSteps = null; // rounds or epochs planned, when the run said so
     this.numClients = null;
+    this.config = null; // training_mode's settings, when it sent them
     this.step = null; // latest round or epoch seen
     this.status = WAITING;
     this.startTime = null; // Date of the first message
@@ -155,6 +84,7 @@ export class RunModel {
     this.stepTime = null; // Date the latest round or epoch was reported
     this.series = new Map(); // metric -> Map(series name -> Series)
     this.clients = new ClientRounds();
+    this.details = new Map(); // where + metric -> the latest non-scalar value there
     this.earlyStopping = null;
     this.errors = [];
     this.trainingEnd = null;
@@ -176,11 +106,29 @@ export class RunModel {
     return changes;
   }
 
-  /** Record one message of this run (already deduplicated and in seq order). */
+  /** Every metric with a series, in page order. */
+  metricNames() {
+    this.#sortedNames ??= [...this.series.keys()].sort(compareMetrics);
+    return this.#sortedNames;
+  }
+
+  /** The series of one metric chart, in a stable order (fit/train before eval/val). */
+  seriesOf(metric) {
+    const rank = (name) => SERIES_ORDER.indexOf(name) + 1 || SERIES_ORDER.length + 1;
+    const series = this.series.get(metric) ?? new Map();
+    return [...series.entries()].sort(([a], [b]) => rank(a) - rank(b));
+  }
+
+  /** Record one message of this run (deduplicated, in seq order). */
   apply(message) {
-    const data = message.data ?? {};
-    this.messages.push(message);
+    this.messageCount += 1;
     if (Number.isInteger(message.seq)) this.lastSeq = message.seq;
+    if (this.keepMessages) this.messages.push(message);
+    this.#record(message);
+  }
+
+  #record(message) {
+    const data = message.data ?? {};
     this.#noteTime(message.timestamp);
     switch (message.type) {
       case "training_mode":
@@ -191,6 +139,7 @@ export class RunModel {
           data.is_federated ? data.num_rounds : (data.num_epochs ?? data.num_rounds),
         );
         this.numClients = positiveOrNull(data.num_clients);
+        this.config = data.config ?? null;
         this.#markRunning();
         break;
       case "epoch_end":
@@ -203,8 +152,7 @@ export class RunModel {
         const phase = data.phase ?? DEFAULT_ROUND_PHASE;
         this.#addMetrics(data.round, ROUND_PHASES[phase] ?? phase, data.metrics);
         if (Number.isInteger(data.num_clients)) {
-          this.clients.setCount(data.round, phase, data.num_clients);
-          this.changes.clients = true;
+          if (this.clients.setCount(data.round, phase, data.num_clients)) this.changes.counts = true;
         }
         break;
       }
@@ -216,11 +164,17 @@ export class RunModel {
         this.#addMetrics(data.round, source, data.eval_metrics);
         break;
       }
-      case "client_metrics":
+      case "client_metrics": {
         this.#progress(MODE.federated, data.round, data.total_rounds, message.timestamp);
-        this.clients.add(data.round, data.phase, data.clients ?? []);
-        this.changes.clients = true;
+        if (!this.keepClients) break;
+        const clients = data.clients ?? [];
+        for (const { client, name, value } of this.clients.add(data.round, data.phase, clients)) {
+          this.#detail(`client ${client} · ${roundPhaseLabel(data.phase)}`, name, data.round, value);
+        }
+        this.changes.clientPhases.add(data.phase);
+        if (this.clients.setCount(data.round, data.phase, clients.length)) this.changes.counts = true;
         break;
+      }
       case "early_stopping":
         this.earlyStopping = data;
         if (!this.isFinished) this.status = STATUS.early_stopped;
@@ -232,18 +186,14 @@ export class RunModel {
       case "training_end":
         this.trainingEnd = data;
         this.status = FINAL_STATUSES.has(data.status) ? data.status : STATUS.completed;
+        for (const [name, value] of Object.entries(data.final_metrics ?? {})) {
+          if (!isScalar(value)) this.#detail(FINAL, name, null, value);
+        }
         this.changes.finished = true;
         break;
       default:
         break; // custom messages are kept for the downloads only
     }
-  }
-
-  /** The series of one metric chart, in a stable order (fit/train before eval/val). */
-  seriesOf(metric) {
-    const rank = (name) => SERIES_ORDER.indexOf(name) + 1 || SERIES_ORDER.length + 1;
-    const series = this.series.get(metric) ?? new Map();
-    return [...series.entries()].sort(([a], [b]) => rank(a) - rank(b));
   }
 
   #noteTime(timestamp) {
@@ -269,18 +219,24 @@ export class RunModel {
 
   #addMetrics(step, seriesName, metrics) {
     if (!metrics || !Number.isFinite(step)) return;
-    for (const metric of METRICS) {
-      if (!(metric in metrics)) continue;
-      const y = plottable(metrics[metric]);
-      const perMetric = getOrCreate(this.series, metric, () => new Map());
-      const series = getOrCreate(perMetric, seriesName, () => new Series());
-      const change = series.set(step, y);
+    for (const [metric, value] of Object.entries(metrics)) {
+      if (!isScalar(value)) {
+        this.#detail(seriesName, metric, step, value);
+        continue;
+      }
+      if (!this.series.has(metric)) {
+        this.series.set(metric, new Map());
+        this.#sortedNames = null;
+      }
+      const series = getOrCreate(this.series.get(metric), seriesName, () => new Series());
+      const change = series.set(step, plottable(value));
       if (change === "rewrite") this.changes.rewrite.add(metric);
-      if (change !== "append") continue;
-      const pending = getOrCreate(this.changes.points, metric, () => new Map());
-      const points = getOrCreate(pending, seriesName, () => ({ x: [], y: [] }));
-      points.x.push(step);
-      points.y.push(y);
+      if (change === "append") this.changes.metrics.add(metric);
     }
+  }
+
+  #detail(where, metric, step, value) {
+    this.details.set(`${where}\u0000${metric}`, { where, metric, step, value });
+    this.changes.details = true;
   }
 }

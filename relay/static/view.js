@@ -1,9 +1,12 @@
-// The page's text parts: connection indicator, run picker, summary, banners, final results.
+// The page's text parts: connection indicator, run picker, summary, banners, final results,
+// and the details (values that are not drawn).
 // Each function takes state and writes it into the page; none keeps state of its own
 // beyond what is on the page.
 
+import { tableRow } from "./dom.js";
 import { formatDuration, formatNumber, formatTime } from "./format.js";
-import { METRICS, STATUS, statusLabel } from "./protocol.js";
+import { compareMetrics } from "./metrics.js";
+import { STATUS, statusLabel } from "./protocol.js";
 
 const $ = (id) => document.getElementById(id);
 // A running run silent for this long is probably gone; say so next to its progress.
@@ -57,7 +60,7 @@ export function showSummary(model, now = Date.now()) {
   const status = $("status");
   status.textContent = statusLabel(model.status);
   status.dataset.status = model.status;
-  $("message-count").textContent = String(model.messages.length);
+  $("message-count").textContent = String(model.messageCount);
 
   const unit = model.stepUnit;
   const progress = $("progress");
@@ -136,14 +139,7 @@ export function showFinal(model, run) {
     return;
   }
   const metrics = run?.final_metrics ?? end.final_metrics ?? {};
-  // Grouped by prefix (val_*, then test_*), each group in the usual metric order.
-  const PREFIXES = ["", "train", "val", "test"];
-  const rank = (name) => {
-    const [, prefix = "", bare] = name.match(/^(?:(train|val|test)_)?(.*)$/);
-    const metric = METRICS.includes(bare) ? METRICS.indexOf(bare) : METRICS.length;
-    return PREFIXES.indexOf(prefix) * (METRICS.length + 1) + metric;
-  };
-  const names = Object.keys(metrics).sort((a, b) => rank(a) - rank(b) || a.localeCompare(b));
+  const names = Object.keys(metrics).sort(compareMetrics); // in groups, as the charts are
   const tiles = names.map((name) => tile(name, formatNumber(metrics[name])));
   $("final-metrics").replaceChildren(...tiles);
 
@@ -176,4 +172,20 @@ function tile(label, value) {
   number.textContent = value;
   element.append(name, number);
   return element;
+}
+
+/** Values the charts cannot draw (lists, strings): the latest of each metric, where it came from. */
+export function showDetails(model) {
+  const section = $("details");
+  const entries = [...model.details.values()].sort(
+    (a, b) => compareMetrics(a.metric, b.metric) || a.where.localeCompare(b.where),
+  );
+  section.hidden = entries.length === 0;
+  const rows = entries.map(({ where, metric, step, value }) => {
+    const at = step === null ? where : `${where}, ${model.stepUnit} ${step}`;
+    const tr = tableRow("td", [metric, at, formatNumber(value)]);
+    tr.dataset.metric = metric;
+    return tr;
+  });
+  $("details-rows").replaceChildren(...rows);
 }
