@@ -7,6 +7,7 @@ dashboards (``?subscribe`` connections that may read), which get ``run_summary``
 
 from __future__ import annotations
 
+import asyncio
 import enum
 from dataclasses import dataclass, field
 
@@ -14,7 +15,12 @@ from websockets.asyncio.server import ServerConnection
 
 from relay.access import Access
 
-__all__ = ["Client", "Role", "Routing"]
+__all__ = ["SLOW_CONSUMER", "Client", "Role", "Routing", "close_slow_consumer", "peer"]
+
+# Close code for a subscriber whose unsent data passed the buffer cap (4000-4999: private use).
+SLOW_CONSUMER = 4008
+# How long an evicted subscriber gets to take the close frame before its socket is aborted.
+EVICT_CLOSE_TIMEOUT = 1.0
 
 
 class Role(enum.Enum):
@@ -114,3 +120,18 @@ class Routing:
             subscribers.discard(websocket)
             if not subscribers:  # finished runs do not cost the fan-out a lookup
                 del self.by_run[run_id]
+
+
+async def close_slow_consumer(websocket: ServerConnection) -> None:
+    """Close an evicted connection with :data:`SLOW_CONSUMER`; abort it if it takes too long."""
+    try:
+        async with asyncio.timeout(EVICT_CLOSE_TIMEOUT):
+            await websocket.close(SLOW_CONSUMER, "slow consumer")
+    except TimeoutError:
+        websocket.transport.abort()
+
+
+def peer(websocket: ServerConnection) -> str:
+    """``host:port`` of a connection, for log lines."""
+    address = websocket.remote_address
+    return f"{address[0]}:{address[1]}" if address else "a client"

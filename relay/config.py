@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from fl_stream.monitor.control import RedactCredentials
 from fl_stream.monitor.protocol import (
     DEFAULT_RELAY_HOST,
     DEFAULT_RELAY_PORT,
@@ -185,3 +186,5 @@ def configure_logging(level: str) -> None:
     """Log one line per event to stderr; websockets' own chatter only when debugging."""
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("websockets").setLevel(logging.DEBUG if level == "DEBUG" else logging.WARNING)
+    for handler in logging.getLogger().handlers:  # websockets' DEBUG lines show every header
+        handler.addFilter(RedactCredentials())

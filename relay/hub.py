@@ -37,7 +37,7 @@ from fl_stream.monitor.protocol import (
     decode_message,
 )
 from relay.access import Access, Gate
-from relay.clients import Client, Role, Routing
+from relay.clients import SLOW_CONSUMER, Client, Role, Routing, close_slow_consumer, peer
 from relay.replay import STALL_TIMEOUT, Outcome, replay
 from relay.replies import ack, control, msg_id_of, rejected, store_failure
 from relay.runs import RunIndex
@@ -46,11 +46,6 @@ from relay.store import DEFAULT_RUN, BatchLost, MessageStore
 __all__ = ["SLOW_CONSUMER", "Hub", "Stats"]
 
 logger = logging.getLogger("relay")
-
-# Close code for a connection whose unsent data passed the buffer cap (4000-4999: private use).
-SLOW_CONSUMER = 4008
-# How long an evicted connection gets to take the close frame before its socket is aborted.
-EVICT_CLOSE_TIMEOUT = 1.0
 
 
 @dataclass
@@ -100,6 +95,7 @@ class Hub:
         self._connections: set[ServerConnection] = set()  # evicted ones too, until closed
         self._routing = Routing()
         self._pending: list[_Pending] = []
+        self._closing: set[asyncio.Task[None]] = set()  # evicted connections being closed
         self._flush_handle: asyncio.Handle | None = None
         self.on_commit: Callable[[Message], None] | None = None  # sees each committed message
 
@@ -125,7 +121,7 @@ class Hub:
                     await self._on_frame(websocket, frame)
                 except Exception as exc:  # a last resort: one bad frame never costs the link
                     reason = f"the relay could not handle this message ({type(exc).__name__})"
-                    logger.error("%s from %s: %s", reason, _peer(websocket), exc)
+                    logger.error("%s from %s: %s", reason, peer(websocket), exc)
                     self._reject(websocket, reason, None, log=False)
         except ConnectionClosed:
             pass
@@ -250,13 +246,22 @@ class Hub:
                 run_id = pending.message["run_id"]
                 self.stats.messages_in += 1
                 self._fan_out(run_id, pending.frame, pending.publisher)
-                if self.runs.record(pending.message):
+                if self._observe(pending.message):
                     changed[run_id] = None
-                if self.on_commit is not None:  # alerts (relay/alerts.py)
-                    self.on_commit(pending.message)
             self._send(pending.publisher, pending.reply)
         for run_id in changed:
             self._announce(run_id)
+
+    def _observe(self, message: Message) -> bool:
+        """Update the run summaries and alerts; a bug there must not cost the batch its acks."""
+        try:
+            changed = self.runs.record(message)
+            if self.on_commit is not None:  # alerts (relay/alerts.py)
+                self.on_commit(message)
+        except Exception:
+            logger.exception("run summary or alert update failed for a stored message")
+            return False
+        return changed
 
     def _refuse_stored(self, batch: list[_Pending], reason: str) -> None:
         """Turn the replies that needed the lost transaction into refusals (``retry``)."""
@@ -302,7 +307,7 @@ class Hub:
     ) -> None:
         self.stats.rejected += 1
         if log:
-            logger.warning("rejected a message from %s: %s", _peer(websocket), reason)
+            logger.warning("rejected a message from %s: %s", peer(websocket), reason)
         self._reply(websocket, rejected(reason, msg_id if is_text(msg_id) else None, retry))
 
     # ----------------------------------------------------------------------- slow consumers
@@ -317,8 +322,10 @@ class Hub:
             return
         self._forget(websocket)
         self.stats.evicted += 1
-        logger.warning("evicted %s: %s (slow consumer)", _peer(websocket), why)
-        asyncio.get_running_loop().create_task(_close_slow_consumer(websocket))
+        logger.warning("evicted %s: %s (slow consumer)", peer(websocket), why)
+        closing = asyncio.get_running_loop().create_task(close_slow_consumer(websocket))
+        self._closing.add(closing)  # the loop keeps only a weak reference to a task
+        closing.add_done_callback(self._closing.discard)
 
     # ----------------------------------------------------------------------- subscribers
 
@@ -381,16 +388,3 @@ class Hub:
     def summary(self) -> dict[str, Any]:
         """Return the counters served on ``/stats``."""
         return asdict(self.stats)
-
-
-async def _close_slow_consumer(websocket: ServerConnection) -> None:
-    try:
-        async with asyncio.timeout(EVICT_CLOSE_TIMEOUT):
-            await websocket.close(SLOW_CONSUMER, "slow consumer")
-    except TimeoutError:
-        websocket.transport.abort()
-
-
-def _peer(websocket: ServerConnection) -> str:
-    address = websocket.remote_address
-    return f"{address[0]}:{address[1]}" if address else "a client"

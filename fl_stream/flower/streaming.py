@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable, Mapping
-from logging import INFO
+from logging import INFO, WARNING
 from typing import Any
 
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, UserConfigValue
@@ -83,7 +83,7 @@ class StreamingStrategy(Strategy):
         self.sender = sender
         self.run_id = run_id
         self.best_metric = best_metric
-        self.run_config = dict(run_config) if run_config is not None else None
+        self.run_config = _without_secrets(run_config) if run_config is not None else None
         self._num_rounds = 0
         self._centralized = False
         self._fit_metrics: dict[int, dict[str, float]] = {}
@@ -148,6 +148,13 @@ class StreamingStrategy(Strategy):
         self.sender.send_training_end(self.run_id, self._summary(COMPLETED))
         return result
 
+    def __getattr__(self, name: str) -> Any:
+        """What the wrapper does not define is the wrapped strategy's (``fraction_train``...)."""
+        wrapped = self.__dict__.get("strategy")
+        if wrapped is None:  # still in __init__
+            raise AttributeError(name)
+        return getattr(wrapped, name)
+
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
@@ -155,7 +162,8 @@ class StreamingStrategy(Strategy):
         replies = list(replies)
         arrays, metrics = self.strategy.aggregate_train(server_round, replies)
         self._fit_metrics[server_round] = _scalars(metrics)
-        self._stream_phase(server_round, "train", replies, self._fit_metrics[server_round])
+        fit_metrics = self._fit_metrics[server_round]
+        _never_fails(self._stream_phase, server_round, "train", replies, fit_metrics)
         return arrays, metrics
 
     def aggregate_evaluate(
@@ -165,9 +173,9 @@ class StreamingStrategy(Strategy):
         replies = list(replies)
         metrics = self.strategy.aggregate_evaluate(server_round, replies)
         if replies:
-            self._stream_phase(server_round, "evaluate", replies, _scalars(metrics))
+            _never_fails(self._stream_phase, server_round, "evaluate", replies, _scalars(metrics))
         if not self._centralized:
-            self._end_round(server_round, _scalars(metrics))
+            _never_fails(self._end_round, server_round, _scalars(metrics))
         return metrics
 
     # ------------------------------------------------------------------ helpers
@@ -178,7 +186,7 @@ class StreamingStrategy(Strategy):
         def evaluate(server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
             metrics = evaluate_fn(server_round, arrays)
             if server_round > 0:  # round 0 evaluates the initial model, before any round
-                self._end_round(server_round, _scalars(metrics))
+                _never_fails(self._end_round, server_round, _scalars(metrics))
             return metrics
 
         return evaluate
@@ -257,9 +265,40 @@ def _client_entry(reply: Message, weighting_key: str) -> dict[str, Any]:
     entry: dict[str, Any] = {
         "client_id": str(sys_record.get("partition-id", node_id)),
         "node_id": str(node_id),  # a string: 64-bit ids lose precision in JavaScript
-        "num_examples": int(metrics.pop(weighting_key, 0)),
+        "num_examples": _count(metrics.pop(weighting_key, 0)),
         "metrics": metrics,
     }
     if isinstance(device := sys_record.get("device"), str):
         entry["device"] = device
     return entry
+
+
+# Run-config keys that hold credentials: never sent with training_mode (dashboards show it).
+_SECRET_WORDS = ("token", "secret", "password", "credential")
+
+
+def _without_secrets(run_config: Mapping[str, Any]) -> dict[str, Any]:
+    """``run_config`` without the keys that name a credential (e.g. ``relay-token``)."""
+    return {
+        key: value
+        for key, value in run_config.items()
+        if not any(word in key.lower() for word in _SECRET_WORDS)
+    }
+
+
+def _never_fails(step: Callable[..., None], *args: Any) -> None:
+    """Run one streaming step; a failure is logged, never raised: training goes on."""
+    try:
+        step(*args)
+    except Exception as exc:
+        log(
+            WARNING, "fl-stream: streaming step %s failed, training goes on: %r", step.__name__, exc
+        )
+
+
+def _count(value: Any) -> int:
+    """A client's example count as a non-negative int (0 when it is not a finite number)."""
+    try:
+        return max(0, int(value))
+    except (TypeError, ValueError, OverflowError):
+        return 0

@@ -35,6 +35,7 @@ from urllib.parse import urlsplit, urlunsplit
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
+from .control import RedactCredentials
 from .protocol import Message, MessageError, validate_message
 from .window import DeliveryWindow
 
@@ -51,9 +52,10 @@ __all__ = [
 logger = logging.getLogger("fl_stream.monitor.sender")
 
 # websockets logs every reconnection attempt at INFO; the sender already warns once per outage.
-# Set this logger to DEBUG to see each attempt.
+# Set this logger to DEBUG to see each attempt (the token in the handshake is redacted).
 _connection_logger = logging.getLogger("fl_stream.monitor.sender.websockets")
 _connection_logger.setLevel(logging.WARNING)
+_connection_logger.addFilter(RedactCredentials())
 
 # A connection that lasted less than this is treated like a failed attempt (backoff applies).
 _STABLE_CONNECTION_S = 2.0

@@ -10,13 +10,16 @@ exchange (:data:`CONTROL_TYPES`), which are never stored or broadcast.
 
 from __future__ import annotations
 
+import logging
 import os
+import re
 from collections.abc import Mapping
 from typing import Any
 
 from .checks import Fields, is_bool, is_count, is_int, is_text, one_of, optional
 
 __all__ = [
+    "RedactCredentials",
     "CENTRALIZED",
     "CLIENT_CONTROL_TYPES",
     "COMPLETED",
@@ -145,3 +148,20 @@ CONTROL_TYPES: dict[str, Fields] = {
     "run_summary": RUN_SUMMARY,
 }
 CLIENT_CONTROL_TYPES = frozenset({"auth", "subscribe", "unsubscribe", "ping"})
+
+
+_CREDENTIAL = re.compile(r"(authorization\W+\s*(?:bearer\s+)?)\S+", re.IGNORECASE)
+
+
+class RedactCredentials(logging.Filter):
+    """Blank the credential of any ``Authorization`` header in a log record.
+
+    websockets logs every handshake header at DEBUG; with this filter on its logger, a
+    debugging session never writes a publisher or viewer token to the log.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        text = record.getMessage()
+        if "uthorization" in text or "UTHORIZATION" in text:
+            record.msg, record.args = _CREDENTIAL.sub(r"\1<redacted>", text), ()
+        return True

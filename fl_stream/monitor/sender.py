@@ -370,7 +370,7 @@ class MetricsWebSocketSender:
 
 
 def _checked_uri(uri: str | None) -> str | None:
-    if uri is None:
+    if not uri:  # None or "" (a run config's way of saying "no relay"): the run log only
         return None
     try:
         parse_uri(uri)

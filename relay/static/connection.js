@@ -1,3 +1,5 @@
+import { viewerToken } from "./auth.js";
+
 // One WebSocket link to the relay that keeps itself alive.
 //
 // A lost link is retried with exponential backoff (and at once when the browser comes back
@@ -61,6 +63,13 @@ export class RelayConnection {
     return true;
   }
 
+  /** Replace the link now (e.g. to authenticate again with a new token). */
+  renew() {
+    const socket = this.#socket;
+    if (socket) this.#drop(socket);
+    this.#retryNow();
+  }
+
   #connect() {
     this.#retryTimer = null;
     this.onState("connecting");
@@ -73,6 +82,11 @@ export class RelayConnection {
       this.#attempt = 0;
       this.#lastHeard = Date.now();
       this.#heartbeatTimer = setInterval(() => this.#heartbeat(), this.pingEveryMs);
+      // A relay with a viewer token reads the token from the first frame (a browser cannot
+      // set headers on a WebSocket); the relay handles frames in order, so subscriptions
+      // sent after it are authenticated.
+      const token = viewerToken();
+      if (token) socket.send(JSON.stringify(control("auth", { token })));
       this.onState("open");
       this.onOpen();
     };

@@ -11,12 +11,14 @@
 // `since` = the last seq held, so a late or reconnecting page first receives what it missed,
 // then live messages. A catch-up is drawn once, when it ends.
 
+import { apiFetch, askForToken, onNewToken, refusal, viewerToken } from "./auth.js";
 import { CompareView, MAX_COMPARED, MIN_COMPARED } from "./compare.js";
 import { ChartGrid, runSource } from "./charts.js";
 import { ClientView } from "./clients.js";
 import { RelayConnection, control, relayUrl } from "./connection.js";
 import { download, fileStem, runToCsv, runToJson } from "./export.js";
 import { RunFeed } from "./feed.js";
+import { ProgressView } from "./progress.js";
 import { FrameLoop } from "./loop.js";
 import { plotlyReady } from "./plotly.js";
 import { DEFAULT_RUN, METRICS, RELAY_PUSHES_RUN_SUMMARIES } from "./protocol.js";
@@ -48,6 +50,7 @@ class Dashboard {
     const request = () => this.loop.request();
     this.charts = new ChartGrid($("metric-charts"), request, { pinned: METRICS });
     this.clients = new ClientView($("clients"), request);
+    this.progress = new ProgressView($("round-progress"), request);
     this.compare = new CompareView($("compare-view"), request);
     const whenPlotted = (painter, inView) => ({
       pending: () => (this.#plotted && inView() ? painter.pending() : undefined),
@@ -58,6 +61,7 @@ class Dashboard {
     this.loop = new FrameLoop(
       [
         whenPlotted(this.charts, () => !this.#compared),
+        whenPlotted(this.progress, runView),
         whenPlotted(this.clients, runView),
         whenPlotted(this.compare, compareView),
       ],
@@ -75,6 +79,7 @@ class Dashboard {
       },
       heartbeat > 0 ? { pingEveryMs: heartbeat * 1000 } : {},
     );
+    onNewToken(() => this.connection.renew());
     $("run-picker").addEventListener("change", (event) => this.#pin(event.target.value || null));
     $("download-csv").addEventListener("click", () => this.#download("csv", runToCsv, "text/csv"));
     $("download-json").addEventListener("click", () => {
@@ -129,8 +134,15 @@ class Dashboard {
   #onMessage(message) {
     switch (message.type) {
       case "ack":
+      case "authenticated":
+        return;
       case "rejected":
-        return; // replies for publishers
+        // A relay with a viewer token refuses a subscription without it (or a wrong token's
+        // auth frame): ask for the token; a new one authenticates the link again.
+        if (String(message.data?.reason ?? "").startsWith("unauthorised")) {
+          askForToken(refusal(Boolean(viewerToken())));
+        }
+        return;
       case "replay_end": {
         const feed = this.#feeds.get(message.data?.run_id);
         if (feed && !feed.endReplay(message.data ?? {})) this.#reshow();
@@ -159,7 +171,7 @@ class Dashboard {
   async #loadRuns() {
     let listed;
     try {
-      const response = await fetch("api/runs", { cache: "no-store" });
+      const response = await apiFetch("api/runs", { cache: "no-store" });
       if (!response.ok) throw new Error(`HTTP ${response.status}`);
       listed = await response.json(); // {epoch, runs}
     } catch (error) {
@@ -226,6 +238,7 @@ class Dashboard {
     this.#summarised = -1;
     this.charts.setSource(runSource(model));
     this.clients.show(this.#model);
+    this.progress.show(this.#model);
     view.hideFinal();
     view.showDetails(model);
     if (this.#model) {
@@ -358,7 +371,7 @@ class Dashboard {
     try {
       // since=lastSeq: the run's summary and final metrics without its messages again.
       const path = `api/runs/${encodeURIComponent(model.runId)}/metrics?since=${model.lastSeq}`;
-      const response = await fetch(path, { cache: "no-store" });
+      const response = await apiFetch(path, { cache: "no-store" });
       if (response.ok) run = await response.json();
     } catch (error) {
       console.warn(`fl-stream: could not fetch the final results (${error.message})`);
@@ -367,6 +380,7 @@ class Dashboard {
   }
 
   #tick() {
+    this.progress.tick();
     if (this.#model && !this.#model.isFinished) view.showSummary(this.#model);
     if (document.body.dataset.connection === "reconnecting") {
       view.showConnection("reconnecting", this.#retryAt);

@@ -2,7 +2,7 @@
 // metrics record), built in the browser so they work offline and match what is drawn.
 
 import { compareMetrics } from "./metrics.js";
-import { ROUND_PHASES } from "./protocol.js";
+import { NON_FINITE, ROUND_PHASES } from "./protocol.js";
 
 const FIXED_COLUMNS = [
   "seq",
@@ -26,7 +26,8 @@ export function runToJson(model) {
  * early_stopping, error, ...) get a row whose `details` column holds their data as JSON.
  */
 export function runToCsv(model) {
-  const records = model.messages.flatMap(recordsOf);
+  // Client progress (many per client and round) is no metrics record: the JSON keeps it.
+  const records = model.messages.filter((m) => m.type !== "client_progress").flatMap(recordsOf);
   const metricNames = new Set();
   records.forEach((record) => Object.keys(record.metrics).forEach((name) => metricNames.add(name)));
   const metricColumns = [...metricNames].sort(compareMetrics); // as the charts are ordered
@@ -101,9 +102,20 @@ function recordsOf(message) {
   }
 }
 
-function csvCell(value) {
+// A text cell that a spreadsheet would read as a formula (OWASP's CSV injection list).
+const FORMULA_START = /^[=+\-@\t\r]/;
+
+/**
+ * One CSV cell. Text that starts like a formula (`=`, `+`, `-`, `@`, tab, carriage return:
+ * a metric name or client id from a hostile publisher) gets a leading `'` and is quoted, as
+ * OWASP recommends; numbers (-0.5) and the protocol's non-finite strings ("-Infinity") are
+ * values and stay as they are.
+ */
+export function csvCell(value) {
   if (value === null || value === undefined) return "";
   // A list-valued metric (or any object) as JSON, not as JavaScript's "1,2,3".
-  const text = typeof value === "object" ? JSON.stringify(value) : String(value);
-  return /[",\r\n]/.test(text) ? `"${text.replaceAll('"', '""')}"` : text;
+  let text = typeof value === "object" ? JSON.stringify(value) : String(value);
+  const formula = typeof value === "string" && !NON_FINITE.has(value) && FORMULA_START.test(text);
+  if (formula) text = `'${text}`;
+  return formula || /[",\r\n]/.test(text) ? `"${text.replaceAll('"', '""')}"` : text;
 }

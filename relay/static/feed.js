@@ -15,6 +15,7 @@
 // feed sends back the epoch it knows, and a relay now on another database says so
 // (`recovered: false`), after which what the model holds is not this run any more.
 
+import { apiFetch } from "./auth.js";
 import { control } from "./connection.js";
 
 export class RunFeed {
@@ -106,7 +107,7 @@ export class RunFeed {
   async #fetchStored() {
     const run = encodeURIComponent(this.model.runId);
     try {
-      const response = await fetch(`api/runs/${run}/metrics?since=${this.model.lastSeq}`, {
+      const response = await apiFetch(`api/runs/${run}/metrics?since=${this.model.lastSeq}`, {
         cache: "no-store",
       });
       if (!response.ok) return; // 404: nothing stored yet (the subscribe replays the rest)

@@ -6,8 +6,10 @@
 // The document is fetched once, by this module's top-level await: every module that imports
 // it runs only after it has arrived, so nothing is drawn before the page knows the protocol.
 
+import { apiFetch } from "./auth.js";
+
 async function load() {
-  const response = await fetch("api/protocol", { cache: "no-store" });
+  const response = await apiFetch("api/protocol", { cache: "no-store" });
   if (!response.ok) throw new Error(`HTTP ${response.status}`);
   return response.json();
 }

@@ -18,6 +18,7 @@ import {
   STATUS,
   roundPhaseLabel,
 } from "./protocol.js";
+import { RoundProgress } from "./progress.js";
 import { Series } from "./series.js";
 import { isScalar, plottable } from "./values.js";
 
@@ -84,6 +85,7 @@ export class RunModel {
     this.stepTime = null; // Date the latest round or epoch was reported
     this.series = new Map(); // metric -> Map(series name -> Series)
     this.clients = new ClientRounds();
+    this.progress = new RoundProgress(); // the clients' client_progress in the round under way
     this.details = new Map(); // where + metric -> the latest non-scalar value there
     this.earlyStopping = null;
     this.errors = [];
@@ -156,7 +158,13 @@ export class RunModel {
         }
         break;
       }
+      case "client_progress":
+        // Sent by the clients while they train: shown in "Round in progress" only, never a
+        // metric point nor a round of the run's progress.
+        if (this.keepClients) this.progress.apply(data, Date.parse(message.timestamp), Date.now());
+        break;
       case "round_end": {
+        this.progress.end(data.round);
         this.#progress(MODE.federated, data.round, data.total_rounds, message.timestamp);
         this.#addMetrics(data.round, ROUND_PHASES.train, data.fit_metrics);
         // Without eval_source (the original format) the eval metrics are the clients'.
@@ -189,6 +197,7 @@ export class RunModel {
         for (const [name, value] of Object.entries(data.final_metrics ?? {})) {
           if (!isScalar(value)) this.#detail(FINAL, name, null, value);
         }
+        this.progress.end(Infinity);
         this.changes.finished = true;
         break;
       default:
