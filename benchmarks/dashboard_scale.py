@@ -2,7 +2,7 @@
 
 For each size (rounds x clients) it starts its own relay (``scripts/localrun.py``'s
 RelayProcess, 127.0.0.1, a free port, a throw-away database) and stores a run shaped like
-StreamingFedAvg's output: ``training_mode`` (with a ``config``), then per round
+StreamingStrategy's output: ``training_mode`` (with a ``config``), then per round
 ``round_metrics`` + ``client_metrics`` for ``train`` and for ``evaluate`` (every client in
 each, with train-time and the client mod's ``sys_*`` figures), then ``round_end``. Then, in
 headless Debian chromium (Playwright), with a 1400 x 1000 viewport:
@@ -92,7 +92,7 @@ Message = dict[str, Any]
 
 
 class RunShape:
-    """The messages of one federated run, as StreamingFedAvg sends them (deterministic)."""
+    """The messages of one federated run, as StreamingStrategy sends them (deterministic)."""
 
     def __init__(self, rounds: int, clients: int, total_rounds: int) -> None:
         self.rounds = rounds

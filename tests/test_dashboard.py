@@ -223,7 +223,7 @@ def federated_run(
     total_rounds: int | None = None,
     shift: float = 0.0,
 ) -> list[Message]:
-    """A federated run as StreamingFedAvg streams it.
+    """A federated run as StreamingStrategy streams it.
 
     training_mode (with ``config``, if given; not when ``first_round`` > 1), then per round
     ``first_round..rounds``: round_metrics + client_metrics for ``train`` and ``evaluate``,
