@@ -292,6 +292,8 @@ def test_one_sender_per_run_and_client_reused_across_calls():
     progress_mod(_message("train"), other_run, _capture(seen))
     senders = [reporter.sender for reporter in seen]
     assert senders[0] is senders[1] is senders[2] and senders[3] is not senders[0]
+    # A new run ends the process's earlier ones: their senders are closed, not kept.
+    assert senders[0] is not None and senders[0].send_metrics({}, "probe") is False
     assert len({id(reporter) for reporter in seen}) == 4  # a reporter per call
     assert seen[0].client_id == "3"  # no partition-id: the node id
     assert [reporter.round_num for reporter in seen[:3]] == [0, 1, 2]  # 0: the message names none

@@ -157,6 +157,9 @@ def _sender(settings: ProgressSettings, run_id: str, client_id: str) -> MetricsW
         settings.metrics_log_dir,
     )
     with _senders_lock:
+        # A new run means the earlier runs of this process are over: their senders go.
+        finished = [k for k in _senders if k[2] != run_id]
+        done = [_senders.pop(k) for k in finished]
         if key not in _senders:
             _senders[key] = progress_sender(
                 settings.relay_url,
@@ -165,7 +168,10 @@ def _sender(settings: ProgressSettings, run_id: str, client_id: str) -> MetricsW
                 token=settings.relay_token,
                 directory=settings.metrics_log_dir or None,
             )
-        return _senders[key]
+        sender = _senders[key]
+    for old_sender in done:  # outside the lock: close() may wait up to its timeout
+        old_sender.close(timeout=1.0)
+    return sender
 
 
 def _server_round(msg: Message) -> int:
