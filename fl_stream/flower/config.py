@@ -18,7 +18,7 @@ from typing import Any
 from fl_stream.flower.strategies import STRATEGIES
 from fl_stream.monitor.progress import DEFAULT_INTERVAL
 from fl_stream.monitor.protocol import DEFAULT_RELAY_URL, METRIC_NAMES, RELAY_TOKEN_ENV
-from fl_stream.monitor.runlog import DEFAULT_LOG_DIR, default_log_path
+from fl_stream.monitor.runlog import default_log_path
 from fl_stream.pneumonia.data import PARTITIONINGS
 from fl_stream.pneumonia.model import MODELS
 from fl_stream.settings import (
@@ -122,7 +122,9 @@ class RunConfig:
     relay_token: str = setting(
         "", repr=False, help=f"publisher token (empty: ${RELAY_TOKEN_ENV} when set)"
     )
-    metrics_log_dir: str = setting(DEFAULT_LOG_DIR, help="folder of <run_id>.jsonl")
+    metrics_log_dir: str = setting(
+        "", help='folder of <run_id>.jsonl ("": $FL_STREAM_LOG_DIR, else runs/)'
+    )
     progress_interval: float = setting(
         DEFAULT_INTERVAL,
         check=finite_at_least(0),
@@ -147,5 +149,5 @@ class RunConfig:
         A relative ``metrics-log-dir`` resolves against the ServerApp's working directory,
         which under ``flwr run`` is where the SuperLink was first started.
         """
-        directory = Path(self.metrics_log_dir).expanduser()
+        directory = Path(self.metrics_log_dir).expanduser() if self.metrics_log_dir else None
         return default_log_path(run_id, sender_id="", directory=directory).absolute()
