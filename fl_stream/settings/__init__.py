@@ -49,6 +49,7 @@ from fl_stream.settings.rules import (
     WS_URL,
     Rule,
     SettingError,
+    argument_type,
     at_least,
     finite_at_least,
     one_of,
@@ -252,7 +253,7 @@ def validate(obj: Any) -> None:
 
 def _build(cls: type[T], values: Mapping[str, Any], key: Callable[[str], str]) -> T:
     """``cls(**values)``, each value checked first and refused under ``key(field name)``."""
-    fields = {field.name: field for field in _fields(cls)}
+    fields = {field.name: field for field in dataclasses.fields(cls)}
     hints = _hints(cls)
     checked = {
         name: _checked(fields[name], hints[name], value, key(name))
@@ -271,7 +272,7 @@ def from_mapping(cls: type[T], raw: Mapping[str, Any], *, source: str = "") -> T
         SettingError: an unknown key (the message lists the known ones), or a value of the
             wrong type or refused by its rule, named ``<source> <key>``.
     """
-    names = {_dashed(field.name): field.name for field in _fields(cls)}
+    names = {_dashed(field.name): field.name for field in dataclasses.fields(cls)}
     where = f"{source} " if source else ""
     unknown = sorted(set(raw) - set(names))
     if unknown:
@@ -285,29 +286,14 @@ def shareable(obj: Any) -> dict[str, Any]:
 
     What a run reports about itself, e.g. as ``training_mode``'s ``config``.
     """
-    return {_dashed(f.name): getattr(obj, f.name) for f in _fields(obj) if f.repr}
+    return {_dashed(f.name): getattr(obj, f.name) for f in dataclasses.fields(obj) if f.repr}
 
 
 def _dashed(name: str) -> str:
     return name.replace("_", "-")
 
 
-def _fields(cls: Any) -> tuple[dataclasses.Field[Any], ...]:
-    return dataclasses.fields(cls)
-
-
 # --------------------------------------------------------------------------- command line
-
-
-def argument_type(rule: Rule) -> Callable[[str], str]:
-    """An argparse ``type=`` for an option outside a settings class, checked by ``rule``."""
-
-    def checked(text: str) -> str:
-        if not rule.accepts(text):
-            raise argparse.ArgumentTypeError(f"{text!r} is invalid: expected {rule.expected}")
-        return text
-
-    return checked
 
 
 class OneLineErrorParser(argparse.ArgumentParser):
@@ -323,7 +309,7 @@ def option_name(field: dataclasses.Field[Any]) -> str:
 
 
 def _cli_fields(cls: type) -> list[dataclasses.Field[Any]]:
-    return [field for field in _fields(cls) if _meta(field).cli]
+    return [field for field in dataclasses.fields(cls) if _meta(field).cli]
 
 
 def _cli_default(field: dataclasses.Field[Any]) -> Any:

@@ -6,6 +6,7 @@ a rule such as :data:`BATCH_SIZE` or :data:`WS_URL` is written once, here.
 
 from __future__ import annotations
 
+import argparse
 import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -26,6 +27,7 @@ __all__ = [
     "WS_URL",
     "Rule",
     "SettingError",
+    "argument_type",
     "at_least",
     "finite_at_least",
     "invalid",
@@ -113,3 +115,14 @@ PORT = Rule(lambda value: 0 <= value <= 65535, "a port number 0-65535")
 RELAY_URL = Rule(lambda value: value != "" and _is_ws_url(value), "a ws:// or wss:// URL")
 WS_URL = Rule(_is_ws_url, 'a ws:// or wss:// URL, or "" to stream to the log file only')
 ORIGIN = Rule(_is_origin, "an origin such as http://host:8080 (no path, no trailing /)")
+
+
+def argument_type(rule: Rule) -> Callable[[str], str]:
+    """An argparse ``type=`` for an option outside a settings class, checked by ``rule``."""
+
+    def checked(text: str) -> str:
+        if not rule.accepts(text):
+            raise argparse.ArgumentTypeError(f"{text!r} is invalid: expected {rule.expected}")
+        return text
+
+    return checked
