@@ -33,7 +33,7 @@ import typing
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import MISSING, dataclass
 from pathlib import Path
-from typing import Any, NoReturn, TypeVar
+from typing import Any, TypeVar
 
 from fl_stream.settings.rules import (
     BATCH_SIZE,
@@ -47,6 +47,7 @@ from fl_stream.settings.rules import (
     POSITIVE_NUMBER,
     RELAY_URL,
     WS_URL,
+    OneLineErrorParser,
     Rule,
     SettingError,
     argument_type,
@@ -253,7 +254,7 @@ def validate(obj: Any) -> None:
 
 def _build(cls: type[T], values: Mapping[str, Any], key: Callable[[str], str]) -> T:
     """``cls(**values)``, each value checked first and refused under ``key(field name)``."""
-    fields = {field.name: field for field in dataclasses.fields(cls)}
+    fields = {field.name: field for field in _fields(cls)}
     hints = _hints(cls)
     checked = {
         name: _checked(fields[name], hints[name], value, key(name))
@@ -272,7 +273,7 @@ def from_mapping(cls: type[T], raw: Mapping[str, Any], *, source: str = "") -> T
         SettingError: an unknown key (the message lists the known ones), or a value of the
             wrong type or refused by its rule, named ``<source> <key>``.
     """
-    names = {_dashed(field.name): field.name for field in dataclasses.fields(cls)}
+    names = {_dashed(field.name): field.name for field in _fields(cls)}
     where = f"{source} " if source else ""
     unknown = sorted(set(raw) - set(names))
     if unknown:
@@ -296,16 +297,14 @@ def _dashed(name: str) -> str:
 # --------------------------------------------------------------------------- command line
 
 
-class OneLineErrorParser(argparse.ArgumentParser):
-    """An argument parser whose errors are one line: what is wrong and where to read more."""
-
-    def error(self, message: str) -> NoReturn:
-        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
-
-
 def option_name(field: dataclasses.Field[Any]) -> str:
     """The command-line option of ``field``: ``--batch-size`` for ``batch_size``."""
     return _meta(field).flag or f"--{_dashed(field.name)}"
+
+
+def _fields(cls: Any) -> tuple[dataclasses.Field[Any], ...]:
+    # A settings class passed as type[T]: mypy cannot tell it is a dataclass.
+    return dataclasses.fields(cls)
 
 
 def _cli_fields(cls: type) -> list[dataclasses.Field[Any]]:

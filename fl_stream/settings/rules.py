@@ -10,7 +10,7 @@ import argparse
 import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NoReturn
 from urllib.parse import urlsplit
 
 __all__ = [
@@ -25,6 +25,7 @@ __all__ = [
     "POSITIVE_INT",
     "POSITIVE_NUMBER",
     "WS_URL",
+    "OneLineErrorParser",
     "Rule",
     "SettingError",
     "argument_type",
@@ -126,3 +127,10 @@ def argument_type(rule: Rule) -> Callable[[str], str]:
         return text
 
     return checked
+
+
+class OneLineErrorParser(argparse.ArgumentParser):
+    """An argument parser whose errors are one line: what is wrong and where to read more."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
