@@ -14,6 +14,7 @@ import asyncio
 import json
 import logging
 import math
+import ssl
 import subprocess
 import sys
 import threading
@@ -61,6 +62,7 @@ class AckServer:
             ``retry_named``, naming its msg_id with ``retry: true``.
         chatter: before each reply, also send what an older relay sends every connection:
             another publisher's live message, a pong and a frame that is not JSON.
+        tls: serve ``wss://`` with this server context (its certificate and key loaded).
     """
 
     def __init__(
@@ -73,9 +75,11 @@ class AckServer:
         store_fails_at: int | None = None,
         retry_named: bool = False,
         chatter: bool = False,
+        tls: ssl.SSLContext | None = None,
     ) -> None:
         self.port = port or free_port()
-        self.url = f"ws://127.0.0.1:{self.port}"
+        self.url = f"{'wss' if tls else 'ws'}://127.0.0.1:{self.port}"
+        self._tls = tls
         self.stored: list[Message] = []  # each (run_id, msg_id) once, in arrival order
         self.frames = 0  # every frame received, duplicates included
         self.authorizations: list[str | None] = []
@@ -104,7 +108,7 @@ class AckServer:
         self._loop.close()
 
     async def _serve(self) -> None:
-        async with serve(self._handle, "127.0.0.1", self.port, compression=None):
+        async with serve(self._handle, "127.0.0.1", self.port, compression=None, ssl=self._tls):
             self._ready.set()
             await self._stop.wait()
 
@@ -167,24 +171,6 @@ def wait_until(condition: Callable[[], bool], timeout: float = WAIT) -> bool:
 def server() -> Iterator[AckServer]:
     with AckServer() as running:
         yield running
-
-
-@pytest.fixture
-def make_sender(tmp_path: Path) -> Iterator[Callable[..., MetricsWebSocketSender]]:
-    """Build senders that log under tmp_path, reconnect quickly, and are closed at teardown."""
-    senders: list[MetricsWebSocketSender] = []
-
-    def make(url: str | None, **options: Any) -> MetricsWebSocketSender:
-        options.setdefault("log_path", tmp_path / f"sender-{len(senders)}.jsonl")
-        options.setdefault("backoff_initial", 0.05)
-        options.setdefault("backoff_max", 0.2)
-        sender = MetricsWebSocketSender(url, **options)
-        senders.append(sender)
-        return sender
-
-    yield make
-    for sender in senders:
-        sender.close(timeout=1.0)
 
 
 def epochs(messages: list[Message]) -> list[int]:

@@ -8,26 +8,20 @@ keeps everything); a CA file that cannot be read is one error and the sender wri
 
 from __future__ import annotations
 
-import asyncio
-import json
 import logging
 import ssl
-import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
-from websockets.asyncio.server import ServerConnection, serve
-from websockets.exceptions import ConnectionClosed
 
 from fl_stream.cli import main
 from fl_stream.monitor.connection import RELAY_CA_FILE_ENV
-from fl_stream.monitor.protocol import utc_timestamp
 from fl_stream.monitor.runlog import read_log
 from fl_stream.monitor.sender import MetricsWebSocketSender
 from tests.support import free_port, self_signed_certificate
+from tests.test_sender import AckServer
 
 WAIT = 10.0  # bounded waits, generous for a loaded 2-core machine
 METRICS = {"loss": 0.25, "accuracy": 0.9}
@@ -45,72 +39,13 @@ def certificate(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     return self_signed_certificate(tmp_path_factory.mktemp("tls"))
 
 
-class TlsAckServer:
-    """A ``wss://`` relay stand-in in a background thread: stores each ``(run_id, msg_id)``
-    once and acks it (again for a resent duplicate), as the relay does."""
-
-    def __init__(self, cert_path: Path, key_path: Path) -> None:
-        self.port = free_port()
-        self.url = f"wss://127.0.0.1:{self.port}"
-        self.stored: list[dict[str, Any]] = []
-        self._seqs: dict[tuple[str, str], int] = {}
-        self._context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        self._context.load_cert_chain(cert_path, key_path)
-        self._ready = threading.Event()
-        self._loop = asyncio.new_event_loop()
-        self._stop = asyncio.Event()
-        self._thread = threading.Thread(target=self._loop.run_until_complete, args=(self._serve(),))
-
-    def __enter__(self) -> TlsAckServer:
-        self._thread.start()
-        assert self._ready.wait(WAIT), "test server did not start"
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self._loop.call_soon_threadsafe(self._stop.set)
-        self._thread.join(WAIT)
-        self._loop.close()
-
-    async def _serve(self) -> None:
-        async with serve(self._handle, "127.0.0.1", self.port, ssl=self._context):
-            self._ready.set()
-            await self._stop.wait()
-
-    async def _handle(self, websocket: ServerConnection) -> None:
-        try:
-            async for text in websocket:
-                message = json.loads(text)
-                key = (message.get("run_id", "default"), message["msg_id"])
-                if key not in self._seqs:
-                    self.stored.append(message)
-                    self._seqs[key] = len(self.stored)
-                data = {"run_id": key[0], "seq": self._seqs[key], "msg_id": key[1]}
-                ack = {"type": "ack", "timestamp": utc_timestamp(), "data": data}
-                await websocket.send(json.dumps(ack))
-        except ConnectionClosed:
-            pass
-
-
 @pytest.fixture
-def server(certificate: tuple[Path, Path]) -> Iterator[TlsAckServer]:
-    with TlsAckServer(*certificate) as running:
+def server(certificate: tuple[Path, Path]) -> Iterator[AckServer]:
+    """A ``wss://`` relay stand-in that stores each (run_id, msg_id) once and acks it."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(*certificate)
+    with AckServer(tls=context) as running:
         yield running
-
-
-@pytest.fixture
-def make_sender(tmp_path: Path) -> Iterator[SenderFactory]:
-    """Build senders that log under tmp_path, reconnect quickly, and are closed at teardown."""
-    senders: list[MetricsWebSocketSender] = []
-
-    def make(url: str, **options: Any) -> MetricsWebSocketSender:
-        options.setdefault("log_path", tmp_path / f"sender-{len(senders)}.jsonl")
-        sender = MetricsWebSocketSender(url, backoff_initial=0.05, backoff_max=0.2, **options)
-        senders.append(sender)
-        return sender
-
-    yield make
-    for sender in senders:
-        sender.close(timeout=1.0)
 
 
 def send_epochs(sender: MetricsWebSocketSender, count: int) -> None:
@@ -135,7 +70,7 @@ def messages_of(caplog: pytest.LogCaptureFixture, level: int) -> list[str]:
 
 
 def test_the_sender_delivers_over_wss_with_the_ca_file(
-    server: TlsAckServer, certificate: tuple[Path, Path], make_sender: SenderFactory
+    server: AckServer, certificate: tuple[Path, Path], make_sender: SenderFactory
 ) -> None:
     sender = make_sender(server.url, run_id="tls", ca_file=certificate[0])
     send_epochs(sender, 20)
@@ -145,7 +80,7 @@ def test_the_sender_delivers_over_wss_with_the_ca_file(
 
 
 def test_the_ca_file_can_come_from_the_environment(
-    server: TlsAckServer,
+    server: AckServer,
     certificate: tuple[Path, Path],
     make_sender: SenderFactory,
     monkeypatch: pytest.MonkeyPatch,
@@ -158,7 +93,7 @@ def test_the_ca_file_can_come_from_the_environment(
 
 
 def test_without_the_ca_file_the_relay_is_refused_and_training_goes_on(
-    server: TlsAckServer,
+    server: AckServer,
     make_sender: SenderFactory,
     monkeypatch: pytest.MonkeyPatch,
     caplog: pytest.LogCaptureFixture,
@@ -186,7 +121,7 @@ def test_without_the_ca_file_the_relay_is_refused_and_training_goes_on(
     ids=["missing", "a-folder", "not-pem"],
 )
 def test_a_bad_ca_file_is_one_error_and_the_log_keeps_everything(
-    server: TlsAckServer,
+    server: AckServer,
     make_sender: SenderFactory,
     tmp_path: Path,
     caplog: pytest.LogCaptureFixture,
@@ -223,7 +158,7 @@ def _written(path: Path, text: str) -> Path:
 
 
 def test_replay_uploads_over_wss_with_the_ca_file(
-    server: TlsAckServer,
+    server: AckServer,
     certificate: tuple[Path, Path],
     tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
@@ -238,7 +173,7 @@ def test_replay_uploads_over_wss_with_the_ca_file(
 
 
 def test_replay_without_the_ca_file_is_one_error(
-    server: TlsAckServer,
+    server: AckServer,
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
