@@ -31,6 +31,18 @@ those figures per size (``first_paint_ms``, ``first_paint_warm_ms``, ``whole_pag
 
     .venv/bin/python benchmarks/dashboard_scale.py [--sizes 10x3,1000x100] [--live-rounds 20]
 
+**Progress mode** (``--progress-clients 100 --progress-seconds 20``, instead of the sizes): a
+federated run (one round stored) is opened in the page, then a publisher thread on one
+connection sends ``client_progress`` for round 2 from every client, PROGRESS_RATE (2) a second
+each, paced evenly (200 messages a second for 100 clients), for the given seconds. The page
+notes (a MutationObserver on the "Round in progress" rows) when a sampled client's epoch/batch
+cell first shows each message's text; ``update_p50_ms``/``update_p99_ms`` are from publish to
+that DOM update. Also long tasks over 50 ms after the page loaded (count, the longest, how many
+over 200 ms), main-thread busy time and the heap after a forced garbage collection. Prints a
+table and, as its last line, one JSON object (``progress_clients``, ``messages``,
+``longest_task_ms``, ``long_tasks_over_200ms``, ``update_p50_ms``, ``update_p99_ms``,
+``heap_mb``, ...).
+
 All four sizes with the default 20 live rounds take one to two minutes on a 2-core machine.
 The figures are this machine's: on a shared, loaded machine they are inflated (the load
 average during each size is in its figures).
@@ -45,6 +57,7 @@ import random
 import statistics
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -86,6 +99,25 @@ new PerformanceObserver((list) => {
 }).observe({ type: "longtask", buffered: true });
 """
 Message = dict[str, Any]
+PROGRESS_RATE = 2.0  # client_progress messages a second per client (progress-interval 0.5 s)
+PROGRESS_BATCHES = 20  # batches per local epoch: each message is the next batch
+PROGRESS_SAMPLE = 10  # every 10th client's updates are timed
+# The page notes when a sampled client's epoch cell (its 4th) first shows a text.
+PROGRESS_WATCH = """
+(sample) => {
+  window.__progressSeen = {};
+  const body = document.querySelector("#round-progress-rows");
+  new MutationObserver((records) => {
+    const now = Date.now();
+    for (const record of records) {
+      const td = record.target.nodeType === 1 ? record.target : record.target.parentElement;
+      const tr = td?.closest("tr[data-client]");
+      if (!tr || Number(tr.dataset.client) % sample || tr.children[3] !== td) continue;
+      window.__progressSeen[`${tr.dataset.client}|${td.textContent}`] ??= now;
+    }
+  }).observe(body, { childList: true, subtree: true, characterData: true });
+}
+"""
 
 
 # --------------------------------------------------------------------------- the run
@@ -325,6 +357,144 @@ def measure(browser: Any, rounds: int, clients: int, live_rounds: int, workdir: 
     }
 
 
+def progress_message(client: int, k: int, epochs: int, rng: random.Random) -> Message:
+    """Client ``client``'s k-th client_progress of round 2 (k from 0): the next batch."""
+    epoch, batch = k // PROGRESS_BATCHES + 1, k % PROGRESS_BATCHES + 1
+    data = {
+        "round": 2,
+        "phase": "train",
+        "client_id": str(client),
+        "epoch": epoch,
+        "num_epochs": epochs,
+        "batch": batch,
+        "num_batches": PROGRESS_BATCHES,
+        "examples_per_second": rng.uniform(200, 400),
+        "metrics": {"loss": 1.5 / (1 + k / 10) + rng.uniform(0, 0.05)},
+    }
+    return {"type": "client_progress", "timestamp": utc_timestamp(), "data": data, "run_id": RUN_ID}
+
+
+def epoch_text(data: Message) -> str:
+    """What the row's epoch cell shows for a client_progress (progress.js #updateRows)."""
+    return f"{data['epoch']}/{data['num_epochs']} · batch {data['batch']}/{data['num_batches']}"
+
+
+def measure_progress(browser: Any, clients: int, seconds: float, workdir: Path) -> dict:
+    """Open a federated run, then stream client_progress from ``clients`` clients, paced."""
+    shape = RunShape(1, clients, 3)
+    per_client = max(1, round(seconds * PROGRESS_RATE))
+    epochs = -(-per_client // PROGRESS_BATCHES)
+    with relay_process(workdir) as relay:
+        publisher = Publisher(relay.ws_url)
+        stored = shape.start() + shape.round(1)
+        publisher.send(stored)
+        publisher.read_acks()
+        errors: list[str] = []
+        context = browser.new_context(viewport={"width": 1400, "height": 1000})
+        try:
+            page = context.new_page()
+            page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+            page.on("pageerror", lambda e: errors.append(str(e)))
+            page.add_init_script(LONG_TASKS)
+            page.goto(f"{relay.http_url}/?run={RUN_ID}")
+            page.wait_for_function(
+                "(seq) => Number(document.body.dataset.lastSeq) >= seq",
+                arg=len(stored),
+                polling=20,
+                timeout=PAINT_TIMEOUT_MS,
+            )
+            page.evaluate(PROGRESS_WATCH, PROGRESS_SAMPLE)
+            cdp = context.new_cdp_session(page)
+            cdp.send("Performance.enable")
+            busy_before = main_thread_ms(cdp)
+            loaded_at = page.evaluate("performance.now()")
+
+            sent: dict[str, float] = {}  # "client|epoch text" -> publish time (ms, epoch)
+            behind: list[float] = []  # how late each message left (ms)
+            rng = random.Random(clients)
+
+            def publish() -> None:
+                interval = 1 / (clients * PROGRESS_RATE)
+                start = time.monotonic()
+                for i in range(per_client * clients):
+                    client, k = i % clients, i // clients
+                    message = progress_message(client, k, epochs, rng)
+                    due = start + i * interval
+                    wait = due - time.monotonic()
+                    if wait > 0:
+                        time.sleep(wait)
+                    behind.append(max(0.0, -wait) * 1000)
+                    if client % PROGRESS_SAMPLE == 0:
+                        sent[f"{client}|{epoch_text(message['data'])}"] = time.time() * 1000
+                    publisher.send([message])
+                publisher.close()
+
+            began = time.monotonic()
+            thread = threading.Thread(target=publish, name="progress-publisher")
+            thread.start()
+            thread.join()
+            elapsed = time.monotonic() - began
+            time.sleep(1.0)  # the last updates land
+            busy = main_thread_ms(cdp) - busy_before
+            seen = page.evaluate("window.__progressSeen")
+            tasks = [d for start, d in page.evaluate("window.__longTasks") if start >= loaded_at]
+            rows = page.evaluate(
+                "document.querySelectorAll('#round-progress-rows tr[data-client]').length"
+            )
+            cdp.send("HeapProfiler.collectGarbage")
+            heap = cdp.send("Runtime.getHeapUsage")["usedSize"]
+            if errors:
+                print(f"  progress: console errors: {errors[:3]}", file=sys.stderr)
+        finally:
+            context.close()
+    latencies = [seen[key] - at for key, at in sent.items() if key in seen]
+    return {
+        "progress_clients": clients,
+        "messages": per_client * clients,
+        "seconds": round(elapsed, 1),
+        "rate_per_s": round(per_client * clients / elapsed),
+        "publish_late_p99_ms": round(percentile(behind, 99), 1),
+        "rows": rows,
+        "sampled": len(sent),
+        "sampled_seen": len(latencies),
+        "update_p50_ms": round(statistics.median(latencies), 1) if latencies else None,
+        "update_p99_ms": round(percentile(latencies, 99), 1) if latencies else None,
+        "update_max_ms": round(max(latencies), 1) if latencies else None,
+        "long_tasks": len(tasks),
+        "long_tasks_over_200ms": sum(d > 200 for d in tasks),
+        "longest_task_ms": round(max(tasks, default=0.0)),
+        "cpu_ms_per_s": round(busy / elapsed, 1),
+        "heap_mb": round(heap / 2**20, 1),
+        "console_errors": len(errors),
+        "load_average": round(os.getloadavg()[0], 2),
+    }
+
+
+def print_progress(figures: dict) -> None:
+    print(
+        f"round-in-progress panel, headless chromium, {os.cpu_count()} CPUs "
+        "(a shared machine inflates the figures; load in the last column)"
+    )
+    columns = {
+        "clients": "progress_clients",
+        "messages": "messages",
+        "msg/s": "rate_per_s",
+        "seen": "sampled_seen",
+        "upd p50": "update_p50_ms",
+        "upd p99": "update_p99_ms",
+        "upd max": "update_max_ms",
+        "long>50": "long_tasks",
+        "long>200": "long_tasks_over_200ms",
+        "longest": "longest_task_ms",
+        "cpu ms/s": "cpu_ms_per_s",
+        "heap MB": "heap_mb",
+        "load": "load_average",
+    }
+    print("  ".join(f"{name:>9}" for name in columns))
+    print("  ".join(f"{str(figures[key]):>9}" for key in columns.values()))
+    print(json.dumps(figures))
+
+
 def parse_sizes(text: str) -> list[tuple[int, int]]:
     sizes = []
     for part in text.split(","):
@@ -341,6 +511,15 @@ def main() -> None:
     parser.add_argument(
         "--live-rounds", type=int, default=20, help="rounds published live per size"
     )
+    parser.add_argument(
+        "--progress-clients",
+        type=int,
+        default=0,
+        help="instead of the sizes: stream client_progress from this many clients",
+    )
+    parser.add_argument(
+        "--progress-seconds", type=float, default=20, help="how long (progress mode)"
+    )
     args = parser.parse_args()
     from playwright.sync_api import sync_playwright
 
@@ -356,6 +535,12 @@ def main() -> None:
             ],
         )
         try:
+            if args.progress_clients:
+                figures = measure_progress(
+                    browser, args.progress_clients, args.progress_seconds, Path(tmp) / "progress"
+                )
+                print_progress(figures)
+                return
             for rounds, clients in parse_sizes(args.sizes):
                 name = f"{rounds}x{clients}"
                 results[name] = measure(
