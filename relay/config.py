@@ -14,6 +14,7 @@ from fl_stream.monitor.control import RedactCredentials
 from fl_stream.monitor.protocol import (
     DEFAULT_RELAY_HOST,
     DEFAULT_RELAY_PORT,
+    MAX_MESSAGE_BYTES,
     RELAY_TOKEN_ENV,
     VIEWER_TOKEN_ENV,
     relay_token,
@@ -102,7 +103,7 @@ class RelayConfig:
         "http(s)://localhost:PORT are always allowed)",
     )
     max_message_bytes: int = setting(
-        64 * 1024, check=POSITIVE_INT, help="larger frames close the connection with 1009"
+        MAX_MESSAGE_BYTES, check=POSITIVE_INT, help="larger frames close the connection with 1009"
     )
     max_buffer_bytes: int = setting(
         1024 * 1024,

@@ -27,6 +27,7 @@ __all__ = [
     "DEFAULT_RELAY_HOST",
     "DEFAULT_RELAY_PORT",
     "DEFAULT_RELAY_URL",
+    "MAX_MESSAGE_BYTES",
     "DEFAULT_RUN",
     "EARLY_STOPPED",
     "FAILED",
@@ -51,6 +52,8 @@ DEFAULT_RELAY_PORT = 8765
 DEFAULT_RELAY_URL = f"ws://{DEFAULT_RELAY_HOST}:{DEFAULT_RELAY_PORT}"
 # One variable holds the publisher token for the relay and for every publisher.
 RELAY_TOKEN_ENV = "FL_STREAM_RELAY_TOKEN"
+# The relay's default frame limit; publishers keep larger messages in their log only.
+MAX_MESSAGE_BYTES = 64 * 1024
 # And one the viewer token: with it set, reading runs from the relay needs it (or the
 # publisher token).
 VIEWER_TOKEN_ENV = "FL_STREAM_VIEWER_TOKEN"

@@ -28,13 +28,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .connection import RelayConnection, ReportOnce, tls_context
-from .protocol import CONTROL_TYPES, DEFAULT_RUN, MessageError, decode_message, relay_token
+from .protocol import (
+    CONTROL_TYPES,
+    DEFAULT_RUN,
+    MAX_MESSAGE_BYTES,
+    MessageError,
+    decode_message,
+    relay_token,
+)
 from .window import Added, DeliveryWindow
 
 __all__ = ["ReplayError", "ReplayResult", "RunLog", "Skipped", "read_run_log", "replay"]
 
-# The relay's default frame limit, which the sender also uses.
-MAX_MESSAGE_BYTES = 64 * 1024
 # Sent messages that may wait for an ack before sending pauses, as in the sender.
 MAX_IN_FLIGHT = 1_000
 # How often the upload looks at the window (progress, completion, failure).

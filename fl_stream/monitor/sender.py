@@ -30,7 +30,13 @@ from websockets.uri import parse_uri
 
 from .connection import tls_context
 from .delivery import Delivery
-from .protocol import DEFAULT_RELAY_URL, MessageError, make_message, relay_token
+from .protocol import (
+    DEFAULT_RELAY_URL,
+    MAX_MESSAGE_BYTES,
+    MessageError,
+    make_message,
+    relay_token,
+)
 from .runlog import default_log_path
 from .window import SenderStats
 
@@ -81,7 +87,7 @@ class MetricsWebSocketSender:
         log_path: str | Path | None = None,
         max_queue: int = 10_000,
         max_in_flight: int = 1_000,
-        max_message_bytes: int = 64 * 1024,
+        max_message_bytes: int = MAX_MESSAGE_BYTES,
         ack_timeout: float = 5.0,
         backoff_initial: float = 0.1,
         backoff_max: float = 10.0,
