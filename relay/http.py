@@ -6,14 +6,19 @@ keep-alive), which is plenty for a dashboard page, its scripts and a small JSON 
 Routes (GET):
     ``/``                              the dashboard page, ``relay/static/index.html``
     ``/static/<file>``                 files from ``relay/static/``
-    ``/static/plotly.min.js``          Plotly, from the installed ``plotly`` package
+    ``/static/vendor/<file>``          third-party files shipped with the relay (Plotly's
+                                       cartesian bundle): versioned names, cached by browsers
     ``/favicon.ico``                   ``relay/static/favicon.ico``, or 204 when there is none
     ``/healthz``                       ``{"status": "ok", "epoch"}``
     ``/stats``                         the relay's counters
     ``/api/protocol``                  the wire protocol, ``fl_stream.monitor.protocol.describe()``
                                        (the dashboard loads it before anything else)
     ``/api/runs``                      ``{"epoch", "runs"}``: every run's summary, newest first
-    ``/api/runs/{run_id}/metrics``     one run: summary, messages (``?since=<seq>``), final metrics
+    ``/api/runs/{run_id}/metrics``     one run: summary, final metrics, and its messages with
+                                       ``since < seq <= until``, only ``types=a,b``, none of
+                                       ``exclude=a,b``, at most ``max_bytes`` of them (at least
+                                       one; ``more`` says the page was cut): every such message
+                                       up to ``through_seq`` is in ``messages``
 
 With a viewer token, ``/api/*`` needs ``Authorization: Bearer <token>`` (401 without);
 ``/healthz``, ``/stats``, ``/`` and ``/static/*`` hold no run data and stay open. Run
@@ -25,7 +30,6 @@ from __future__ import annotations
 
 import asyncio
 import http
-import importlib.resources
 import json
 import mimetypes
 import time
@@ -41,7 +45,7 @@ from fl_stream.monitor import protocol
 from relay.access import Gate
 from relay.responses import error_response, json_response, response
 from relay.runs import RunIndex
-from relay.store import MessageStore
+from relay.store import MessageStore, RunRead
 
 __all__ = ["STATIC_DIR", "HttpRoutes"]
 
@@ -49,6 +53,7 @@ STATIC_DIR = Path(__file__).with_name("static")
 
 _RUN_PREFIX = "/api/runs/"
 _RUN_SUFFIX = "/metrics"
+_MAX_TYPES = 32  # message types one read may name in types= or exclude=
 
 
 class HttpRoutes:
@@ -93,8 +98,6 @@ class HttpRoutes:
         if path == "/favicon.ico":
             icon = self.static_dir / "favicon.ico"
             return self._file(icon) if icon.is_file() else response(http.HTTPStatus.NO_CONTENT)
-        if path == "/static/plotly.min.js":
-            return _plotly_response()
         if path.startswith("/static/"):
             return self._file(self.static_dir / unquote(path[len("/static/") :]))
         return _not_found(f"no such path: {path}")
@@ -107,33 +110,30 @@ class HttpRoutes:
             return response(http.HTTPStatus.OK, body, "application/json")
         if path.startswith(_RUN_PREFIX) and path.endswith(_RUN_SUFFIX):
             name = unquote(path[len(_RUN_PREFIX) : -len(_RUN_SUFFIX)])
-            return await self._run_metrics(name, parse_qs(query).get("since", ["0"])[-1])
+            return await self._run_metrics(name, query)
         return _not_found(f"no such path: {path}")
 
-    async def _run_metrics(self, name: str, since_text: str) -> Response:
+    async def _run_metrics(self, name: str, query: str) -> Response:
         try:
-            since = int(since_text)
-        except ValueError:
-            since = None
-        if since is None or not protocol.INT64_MIN <= since <= protocol.INT64_MAX:
-            return error_response(
-                http.HTTPStatus.BAD_REQUEST,
-                f"since: expected an integer from -2**63 to 2**63-1, got {since_text[:40]!r}",
-            )
+            read = _run_read(parse_qs(query))
+        except ValueError as exc:
+            return error_response(http.HTTPStatus.BAD_REQUEST, str(exc))
         run_id = self.runs.resolve(name)
         summary = self.runs.summary(run_id) if run_id is not None else None
         if run_id is None or summary is None:
             return _not_found(f"unknown run: {name[:100]!r}")
         end = self.runs.end(run_id)
         final = end["data"] if end is not None and end["type"] == "training_end" else None
+        page = await asyncio.to_thread(self.store.run_page, run_id, read)
         head = {
             **summary,
             "final_metrics": final["final_metrics"] if final else None,
             "training_end": final,
+            "through_seq": page.through_seq,
+            "more": page.more,
         }
-        bodies = await asyncio.to_thread(self.store.run_bodies, run_id, since)
         # The stored frames are already JSON: splice them in rather than decode and re-encode.
-        body = json.dumps(head)[:-1] + ',"messages":[' + ",".join(bodies) + "]}"
+        body = json.dumps(head)[:-1] + ',"messages":[' + ",".join(page.bodies) + "]}"
         return response(http.HTTPStatus.OK, body.encode(), "application/json")
 
     def _file(self, path: Path) -> Response:
@@ -147,7 +147,46 @@ class HttpRoutes:
         if body is None:
             return _not_found(f"no such file: {path.name[:100]}")
         kind = mimetypes.guess_type(resolved.name)[0] or "application/octet-stream"
-        return response(http.HTTPStatus.OK, body, kind)
+        # The page's own files always come fresh from this relay; vendored ones carry their
+        # version in their name, so a browser may keep them (Plotly: 1.5 MB, compiled once).
+        vendored = resolved.is_relative_to(self.static_dir / "vendor")
+        return response(http.HTTPStatus.OK, body, kind, cache=vendored)
+
+
+def _run_read(query: dict[str, list[str]]) -> RunRead:
+    """The read that ``/api/runs/{run_id}/metrics``'s query asks for.
+
+    Raises:
+        ValueError: a parameter is malformed (the message names it and what it expects).
+    """
+
+    def last(name: str) -> str | None:
+        return query[name][-1] if name in query else None
+
+    def names(name: str) -> tuple[str, ...]:
+        text = last(name)
+        found = tuple(part for part in (text or "").split(",") if part)
+        if text is not None and not 0 < len(found) <= _MAX_TYPES:
+            raise ValueError(f"{name}: expected 1 to {_MAX_TYPES} comma-separated message types")
+        return found
+
+    since = _integer(last("since") or "0", "since")
+    until_text, max_bytes_text = last("until"), last("max_bytes")
+    max_bytes = None if max_bytes_text is None else _integer(max_bytes_text, "max_bytes")
+    if max_bytes is not None and max_bytes < 1:
+        raise ValueError(f"max_bytes: expected a positive integer, got {max_bytes}")
+    until = None if until_text is None else _integer(until_text, "until")
+    return RunRead(since, until, names("types"), names("exclude"), max_bytes)
+
+
+def _integer(text: str, name: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = None
+    if value is None or not protocol.INT64_MIN <= value <= protocol.INT64_MAX:
+        raise ValueError(f"{name}: expected an integer from -2**63 to 2**63-1, got {text[:40]!r}")
+    return value
 
 
 def _not_found(error: str) -> Response:
@@ -162,16 +201,3 @@ def _protocol_body() -> bytes:
 def _protocol_response() -> Response:
     # Not cached by browsers, like the page's own files: both always come from this relay.
     return response(http.HTTPStatus.OK, _protocol_body(), "application/json")
-
-
-@cache
-def _plotly_bytes() -> bytes:
-    return importlib.resources.files("plotly").joinpath("package_data/plotly.min.js").read_bytes()
-
-
-def _plotly_response() -> Response:
-    try:
-        body = _plotly_bytes()
-    except (ModuleNotFoundError, OSError) as exc:
-        return _not_found(f"plotly.min.js unavailable ({exc}); pip install plotly")
-    return response(http.HTTPStatus.OK, body, "text/javascript", cache=True)

@@ -21,13 +21,15 @@ import secrets
 import sqlite3
 import threading
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
+from fl_stream.monitor import protocol
 from fl_stream.monitor.protocol import DEFAULT_RUN, EncodingError, Message, encode_message
 
 # DEFAULT_RUN (messages without run_id are filed there) is the protocol's, re-exported.
-__all__ = ["DEFAULT_RUN", "BatchLost", "MessageStore"]
+__all__ = ["DEFAULT_RUN", "BatchLost", "MessageStore", "RunPage", "RunRead"]
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS messages (
@@ -44,6 +46,43 @@ CREATE UNIQUE INDEX IF NOT EXISTS messages_msg_id
     ON messages (run_id, msg_id) WHERE msg_id IS NOT NULL;
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
+
+
+@dataclass(frozen=True)
+class RunRead:
+    """Which of a run's messages to read: ``since < seq <= until``, by type, up to a size.
+
+    Attributes:
+        since: only messages after this seq.
+        until: only messages up to this seq (None: up to the newest).
+        types: only messages of these types (empty: every type).
+        exclude: no messages of these types.
+        max_bytes: stop before the bodies pass this many characters (at least one message
+            is read); None: no limit.
+    """
+
+    since: int = 0
+    until: int | None = None
+    types: tuple[str, ...] = ()
+    exclude: tuple[str, ...] = ()
+    max_bytes: int | None = None
+
+
+@dataclass(frozen=True)
+class RunPage:
+    """What one :class:`RunRead` found.
+
+    Attributes:
+        bodies: the messages' stored frames, in seq order.
+        through_seq: every message the read asked for with ``since < seq <= through_seq``
+            is in ``bodies``: a reader that asked for some types only knows that the run has
+            no other message of those types up to there.
+        more: ``max_bytes`` stopped the read: read again from ``through_seq``.
+    """
+
+    bodies: list[str]
+    through_seq: int
+    more: bool
 
 
 class BatchLost(sqlite3.Error):
@@ -242,17 +281,31 @@ class MessageStore:
         """The row id of the newest stored message (0 when there is none)."""
         return self._db.execute("SELECT COALESCE(MAX(id), 0) FROM messages").fetchone()[0]
 
-    def run_bodies(self, run_id: str, since: int = 0) -> list[str]:
-        """Return the committed messages of ``run_id`` with ``seq > since``, in seq order.
+    def run_page(self, run_id: str, read: RunRead) -> RunPage:
+        """Return the committed messages of ``run_id`` that ``read`` asks for, in seq order.
 
         Meant for worker threads, so a long read never holds up the event loop: each thread
         reads through a connection of its own.
         """
-        rows = self._thread_reader().execute(
-            "SELECT body FROM messages WHERE run_id = ? AND seq > ? ORDER BY seq",
-            (run_id, since),
-        )
-        return [body for (body,) in rows]
+        db = self._thread_reader()
+        (top,) = db.execute("SELECT MAX(seq) FROM messages WHERE run_id = ?", (run_id,)).fetchone()
+        # A committed seq implies every lower one is committed: reading up to it is exact.
+        end = min(top or 0, read.until if read.until is not None else protocol.INT64_MAX)
+        query = "SELECT seq, body FROM messages WHERE run_id = ? AND seq > ? AND seq <= ?"
+        arguments: list[object] = [run_id, read.since, end]
+        for names, operator in ((read.types, "IN"), (read.exclude, "NOT IN")):
+            if names:
+                query += f" AND type {operator} ({', '.join('?' * len(names))})"
+                arguments.extend(names)
+        bodies: list[str] = []
+        size, last = 0, read.since
+        for seq, body in db.execute(query + " ORDER BY seq", arguments):
+            if read.max_bytes is not None and bodies and size + len(body) > read.max_bytes:
+                return RunPage(bodies, through_seq=last, more=True)
+            bodies.append(body)
+            size += len(body)
+            last = seq
+        return RunPage(bodies, through_seq=max(end, read.since), more=False)
 
     def _thread_reader(self) -> sqlite3.Connection:
         reader: sqlite3.Connection | None = getattr(self._reader, "db", None)

@@ -11,6 +11,8 @@ from __future__ import annotations
 import csv
 import io
 import json
+import re
+from typing import Any
 
 import pytest
 
@@ -48,8 +50,20 @@ def test_a_200_by_20_run_is_drawn_completely_and_live_rounds_keep_arriving(
     total = ROUNDS + LIVE
     stored = federated_run("long", ROUNDS, CLIENTS, finished=False, total_rounds=total)
     publish_all(relay, stored)
+    reads: list[str] = []
+    dashboard.page.on("request", lambda r: reads.append(r.url) if "/metrics?" in r.url else None)
+    # Pages of 200 kB instead of 4 MB, so that this run's lists take several.
+    dashboard.page.route(
+        "**/metrics?*types=client_metrics*",
+        lambda route: route.continue_(
+            url=re.sub("max_bytes=[0-9]+", "max_bytes=200000", route.request.url)
+        ),
+    )
     dashboard.open("?run=long")
     dashboard.wait_for_seq(len(stored), 60_000)
+    # The charts' read leaves the clients' lists out; those come after, page by page.
+    assert "exclude=client_metrics" in reads[0]
+    assert len(reads) > 5 and all("types=client_metrics&max_bytes=" in url for url in reads[1:])
 
     charts = dashboard.charts()
     rounds = list(range(1, ROUNDS + 1))
@@ -83,7 +97,8 @@ def test_a_200_by_20_run_is_drawn_completely_and_live_rounds_keep_arriving(
     # The downloads hold every round of every client.
     table = list(csv.DictReader(io.StringIO(dashboard.download("#download-csv"))))
     assert len([row for row in table if row["type"] == "client_metrics"]) == ROUNDS * 2 * CLIENTS
-    assert len(json.loads(dashboard.download("#download-json"))) == len(stored)
+    downloaded = json.loads(dashboard.download("#download-json"))
+    assert [message["seq"] for message in downloaded] == list(range(1, len(stored) + 1))
 
     # Live rounds, one at a time, reach every line and the client view.
     seq = len(stored)
@@ -98,4 +113,50 @@ def test_a_200_by_20_run_is_drawn_completely_and_live_rounds_keep_arriving(
         assert all(charts[metric][line]["x"][-1] == rnd for metric in METRICS for line in LINES)
         assert _heatmap(dashboard)["x"][-1] == rnd
         assert dashboard.text("#progress-text") == f"round {rnd} of {total}"
+    assert dashboard.errors == []
+
+
+def test_the_charts_and_live_rounds_come_before_the_clients_lists(
+    dashboard: Dashboard, relay: RelayProcess
+) -> None:
+    rounds, clients = 20, 5
+    stored = federated_run("split", rounds, clients, finished=False, total_rounds=rounds + 2)
+    publish_all(relay, stored)
+    held: list[Any] = []  # the reads of the clients' lists, answered only once released
+    released = {"now": False}
+
+    def hold(route: Any) -> None:
+        if released["now"]:
+            route.continue_()
+        else:
+            held.append(route)
+
+    dashboard.page.route("**/metrics?*types=client_metrics*", hold)
+    dashboard.open("?run=split")
+    dashboard.wait(
+        f"() => document.querySelector('[data-metric=\"loss\"]')?.data?.[0]?.x.at(-1) === {rounds}",
+        RECOVER_WITHIN_MS,
+    )
+    # Live rounds are drawn while the lists are still held back.
+    live = federated_run("split", rounds + 2, clients, first_round=rounds + 1, finished=False)
+    publish_all(relay, live)
+    dashboard.wait(
+        f"() => document.querySelector('[data-metric=\"loss\"]').data[0].x.at(-1) === {rounds + 2}",
+        RECOVER_WITHIN_MS,
+    )
+    assert held and dashboard.page.is_hidden("#clients")
+    assert "lastSeq" not in dashboard.page.evaluate("() => ({...document.body.dataset})")
+
+    released["now"] = True
+    for route in held:
+        route.continue_()
+    total = len(stored) + len(live)
+    dashboard.wait_for_seq(total)
+    assert _heatmap(dashboard) == {
+        "x": list(range(1, rounds + 3)),
+        "y": [str(client) for client in range(clients)],
+    }
+    # The held-back lists sit among the live messages in seq order, each once.
+    downloaded = json.loads(dashboard.download("#download-json"))
+    assert [message["seq"] for message in downloaded] == list(range(1, total + 1))
     assert dashboard.errors == []

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import signal
 import socket
 import ssl
@@ -21,6 +22,7 @@ from websockets.exceptions import InvalidStatus
 from websockets.sync.client import connect
 
 from fl_stream.monitor.protocol import make_message, validate_message
+from relay.http import STATIC_DIR
 from relay.replay import STALL_TIMEOUT
 from tests.support import (
     ListeningClient,
@@ -36,6 +38,10 @@ from tests.support import (
 )
 
 TIMESTAMP = "2026-01-01T00:00:00+00:00"
+# The Plotly bundle the page loads (relay/static/vendor/), as index.html names it.
+PLOTLY_PATH = "/" + re.search(
+    r'href="(static/vendor/plotly[^"]+)"', (STATIC_DIR / "index.html").read_text()
+).group(1)  # type: ignore[union-attr]
 METRICS = {
     "loss": 0.5,
     "accuracy": 0.8,
@@ -510,6 +516,16 @@ def test_api_runs_summarises_each_run_newest_first(relay: RelayProcess) -> None:
     ]
     later = get_json(f"{relay.http_url}/api/runs/fed/metrics?since=2")["messages"]
     assert [m["seq"] for m in later] == [3]
+    assert (body["through_seq"], body["more"]) == (3, False)
+    # The dashboard's two reads: all but some types first, then those types in pages.
+    light = get_json(f"{relay.http_url}/api/runs/fed/metrics?exclude=epoch_end,client_metrics")
+    assert (seqs(light["messages"]), light["through_seq"]) == ([1, 3], 3)
+    first = get_json(
+        f"{relay.http_url}/api/runs/fed/metrics?types=epoch_end,training_end&max_bytes=1"
+    )
+    assert (seqs(first["messages"]), first["through_seq"], first["more"]) == ([2], 2, True)
+    rest = get_json(f"{relay.http_url}/api/runs/fed/metrics?types=epoch_end&since=2&until=3")
+    assert (seqs(rest["messages"]), rest["through_seq"], rest["more"]) == ([], 3, False)
 
 
 @pytest.mark.parametrize(
@@ -517,7 +533,7 @@ def test_api_runs_summarises_each_run_newest_first(relay: RelayProcess) -> None:
     [
         ("/", 200, "text/html; charset=utf-8"),
         ("/static/index.html", 200, "text/html; charset=utf-8"),
-        ("/static/plotly.min.js", 200, "text/javascript; charset=utf-8"),
+        (PLOTLY_PATH, 200, "text/javascript; charset=utf-8"),
         ("/healthz", 200, "application/json; charset=utf-8"),
         ("/stats", 200, "application/json; charset=utf-8"),
         ("/api/runs", 200, "application/json; charset=utf-8"),
@@ -536,6 +552,14 @@ def test_api_runs_summarises_each_run_newest_first(relay: RelayProcess) -> None:
         (f"/api/runs/nobody/metrics?since={-(2**64)}", 400, "application/json; charset=utf-8"),
         ("/api/runs/nobody/metrics?since=" + "9" * 5000, 400, "application/json; charset=utf-8"),
         ("/?token=s3cret", 400, "application/json; charset=utf-8"),
+        ("/api/runs/nobody/metrics?until=soon", 400, "application/json; charset=utf-8"),
+        ("/api/runs/nobody/metrics?max_bytes=0", 400, "application/json; charset=utf-8"),
+        ("/api/runs/nobody/metrics?types=,", 400, "application/json; charset=utf-8"),
+        (
+            "/api/runs/nobody/metrics?exclude=" + ",".join("t" * 33),
+            400,
+            "application/json; charset=utf-8",
+        ),
     ],
 )
 def test_http_endpoint(
@@ -549,8 +573,11 @@ def test_http_endpoint(
     if content_type.startswith("application/json"):
         payload = json.loads(body)
         assert ("error" in payload) == (status != 200)
-    if path == "/static/plotly.min.js":
+    if path == PLOTLY_PATH:
         assert b"plotly" in body[:2000].lower()
+    # Only the vendored files, whose names carry their version, may be kept by a browser.
+    cached = path.startswith("/static/vendor/")
+    assert headers["Cache-Control"] == ("max-age=3600" if cached else "no-store")
 
 
 def test_repeated_headers_and_malformed_urls_get_a_400_not_a_500(

@@ -20,7 +20,7 @@ import { download, fileStem, runToCsv, runToJson } from "./export.js";
 import { RunFeed } from "./feed.js";
 import { ProgressView } from "./progress.js";
 import { FrameLoop } from "./loop.js";
-import { plotlyReady } from "./plotly.js";
+import { loadPlotly } from "./plotly.js";
 import { DEFAULT_RUN, METRICS, RELAY_PUSHES_RUN_SUMMARIES } from "./protocol.js";
 import { RunModel } from "./run.js";
 import { RunList } from "./runlist.js";
@@ -57,12 +57,14 @@ class Dashboard {
       step: () => painter.step(),
     });
     const runView = () => !this.#compared && this.#model && !this.#feedOf(this.#model).replaying;
+    // The client view waits for the clients' lists, which come after the charts are drawn.
+    const detailed = () => runView() && this.#feedOf(this.#model).detailed;
     const compareView = () => this.#compared && [...this.#feeds.values()].every((f) => !f.replaying);
     this.loop = new FrameLoop(
       [
         whenPlotted(this.charts, () => !this.#compared),
         whenPlotted(this.progress, runView),
-        whenPlotted(this.clients, runView),
+        whenPlotted(this.clients, detailed),
         whenPlotted(this.compare, compareView),
       ],
       { before: () => this.#beforeFrame(), whenDone: () => this.#drawn() },
@@ -93,7 +95,11 @@ class Dashboard {
   }
 
   start() {
-    plotlyReady.then(
+    // The link and the run list at once: a pinned run or a comparison needs no list to start.
+    // (The constructor has sent the shown run's first read.) Plotly runs after these are sent.
+    this.#runsLoaded = this.#loadRuns();
+    this.connection.start();
+    loadPlotly().then(
       () => {
         this.#plotted = true;
         this.loop.request();
@@ -104,16 +110,18 @@ class Dashboard {
         console.error(`fl-stream: ${error.message}`);
       },
     );
-    // The link and the run list at once: a pinned run or a comparison needs no list to start.
-    this.#runsLoaded = this.#loadRuns();
-    this.connection.start();
   }
 
-  #download(extension, build, type) {
+  async #download(extension, build, type) {
     const model = this.#model;
-    if (model && !this.#compared) {
-      download(`${fileStem(model.runId)}.${extension}`, build(model), type);
+    if (!model || this.#compared) return;
+    const feed = this.#feedOf(model);
+    await feed.details(); // every message of the run, the clients' lists included
+    if (!feed.detailed) {
+      console.warn("fl-stream: the run's client data is still loading; download again soon");
+      return;
     }
+    if (model === this.#model) download(`${fileStem(model.runId)}.${extension}`, build(model), type);
   }
 
   // ----------------------------------------------------------------------- the link
@@ -214,7 +222,8 @@ class Dashboard {
       await this.#runsLoaded;
       return this.#epoch;
     };
-    const feeds = models.map((model) => new RunFeed(model, this.connection, epoch));
+    const request = () => this.loop.request();
+    const feeds = models.map((model) => new RunFeed(model, this.connection, epoch, request));
     this.#feeds = new Map(feeds.map((feed) => [feed.runId, feed]));
     feeds.forEach((feed) => feed.subscribe()); // the stored messages at once, link or not
   }
@@ -361,7 +370,7 @@ class Dashboard {
   /** A frame left nothing to draw: the page shows every message it holds. */
   #drawn() {
     const model = this.#model;
-    if (!this.#plotted || this.#compared || !model || this.#feedOf(model).replaying) return;
+    if (!this.#plotted || this.#compared || !model || !this.#feedOf(model).detailed) return;
     // For tests and scripts: the last seq the page has drawn.
     document.body.dataset.lastSeq = String(model.lastSeq);
   }

@@ -7,6 +7,13 @@
 // = the last seq it holds, so the relay sends what was stored meanwhile, then live messages.
 // A relay that cannot answer over HTTP replays everything on the WebSocket instead.
 //
+// The stored messages come in two reads. The first holds all but the DEFERRED types, the
+// clients' lists, which are 85 of the 87 MB of a 1,000-round x 100-client run and which no
+// chart needs: the charts are drawn from it. The second fetches those lists afterwards, in
+// pages small enough to parse between frames, for the per-client view and the downloads
+// (`detailed` says when they are all there). A model that keeps no client data (a
+// comparison) never fetches them.
+//
 // Messages are applied strictly in seq order: a seq already held is dropped, a message ahead
 // of a missing one waits until the replay fills the gap, and a hole in the live stream makes
 // the feed subscribe again.
@@ -18,6 +25,9 @@
 import { apiFetch } from "./auth.js";
 import { control } from "./connection.js";
 
+const DEFERRED = "client_metrics"; // the types fetched after the first read (comma-separated)
+const PAGE_BYTES = 4_000_000; // a page of them: tens of ms to parse, so no long task
+
 export class RunFeed {
   #connection;
   #epoch;
@@ -26,16 +36,21 @@ export class RunFeed {
   #since = 0; // the `since` of the subscribe being answered
   #attempt = 0; // the latest catch-up (a reconnect starts another)
   #fetching = null; // the HTTP fetch under way, which a newer catch-up waits for
+  #deferred = []; // [since, until] seq ranges whose DEFERRED messages are still to fetch
+  #detailing = null; // the fetch of the deferred messages under way
+  #onDetails;
 
   /**
    * @param {import("./run.js").RunModel} model
    * @param {import("./connection.js").RelayConnection} connection
    * @param {() => Promise<string|null>} epoch  the relay database's epoch, as /api/runs said
+   * @param {() => void} onDetails  called after each page of deferred messages is applied
    */
-  constructor(model, connection, epoch) {
+  constructor(model, connection, epoch, onDetails = () => {}) {
     this.model = model;
     this.#connection = connection;
     this.#epoch = epoch;
+    this.#onDetails = onDetails;
   }
 
   get runId() {
@@ -45,6 +60,21 @@ export class RunFeed {
   /** Whether the feed is catching up (its run is drawn once it has). */
   get replaying() {
     return this.#replaying;
+  }
+
+  /** Whether the model holds every message up to its last seq, the deferred ones included. */
+  get detailed() {
+    return !this.#replaying && this.#deferred.length === 0;
+  }
+
+  /** Resolves once the deferred messages held back so far are in the model (or failed). */
+  details() {
+    if (this.#deferred.length) {
+      this.#detailing ??= this.#fetchDeferred().finally(() => {
+        this.#detailing = null;
+      });
+    }
+    return this.#detailing ?? Promise.resolve();
   }
 
   /**
@@ -64,6 +94,7 @@ export class RunFeed {
     this.#since = this.model.lastSeq;
     const data = { run_id: this.model.runId, since: this.#since, epoch };
     this.#connection.send(control("subscribe", data));
+    this.details(); // in the background: the charts are drawn meanwhile
   }
 
   /** Stop receiving this run. */
@@ -103,19 +134,59 @@ export class RunFeed {
     return true;
   }
 
-  /** The stored messages after the last seq held, over HTTP; on failure the replay has them. */
+  /**
+   * The stored messages after the last seq held, over HTTP, the DEFERRED ones left for
+   * later when the model keeps them (and dropped when it does not); on failure the replay
+   * has them all.
+   */
   async #fetchStored() {
-    const run = encodeURIComponent(this.model.runId);
+    const since = this.model.lastSeq;
+    let read;
     try {
-      const response = await apiFetch(`api/runs/${run}/metrics?since=${this.model.lastSeq}`, {
-        cache: "no-store",
-      });
-      if (!response.ok) return; // 404: nothing stored yet (the subscribe replays the rest)
-      const { messages } = await response.json();
-      messages.forEach((message) => this.receive(message));
+      read = await this.#read(`since=${since}&exclude=${DEFERRED}`);
     } catch (error) {
       console.warn(`fl-stream: could not fetch ${this.model.runId} (${error.message})`);
+      return;
     }
+    if (!read) return; // 404: nothing stored yet (the subscribe replays the rest)
+    // The read holds every message up to through_seq but the deferred ones: a live message
+    // in that range that came ahead of it is in the read, or in the deferred fetch.
+    const through = read.through_seq;
+    for (const seq of this.#waiting.keys()) if (seq <= through) this.#waiting.delete(seq);
+    read.messages.forEach((message) => this.model.apply(message));
+    this.model.skipTo(through);
+    if (this.model.keepClients && through > since) this.#deferred.push([since, through]);
+    this.#applyInOrder();
+  }
+
+  /** The deferred messages of the ranges held back, a page at a time; a failure waits. */
+  async #fetchDeferred() {
+    while (this.#deferred.length) {
+      const [since, until] = this.#deferred[0];
+      let page;
+      try {
+        const query = `since=${since}&until=${until}&types=${DEFERRED}&max_bytes=${PAGE_BYTES}`;
+        page = await this.#read(query);
+      } catch (error) {
+        // The next catch-up (the link opening again) tries again.
+        console.warn(`fl-stream: could not fetch ${this.model.runId}'s clients (${error.message})`);
+        return;
+      }
+      if (!page) return; // the run is gone (another database): the page shows it anew
+      this.model.applyEarlier(page.messages);
+      if (page.more) this.#deferred[0] = [page.through_seq, until];
+      else this.#deferred.shift();
+      this.#onDetails();
+    }
+  }
+
+  /** One read of the run's stored messages (`query`: api/runs/{id}/metrics's); null: 404. */
+  async #read(query) {
+    const run = encodeURIComponent(this.model.runId);
+    const response = await apiFetch(`api/runs/${run}/metrics?${query}`, { cache: "no-store" });
+    if (response.status === 404) return null;
+    if (!response.ok) throw new Error(`HTTP ${response.status}`);
+    return response.json();
   }
 
   #applyInOrder() {

@@ -1,26 +1,31 @@
-// Plotly, loaded by index.html with `async`: the page connects, replays and builds its model
-// while the 4.8 MB bundle downloads and compiles, and draws once it is there.
+// Plotly (the cartesian bundle in static/vendor/: line charts, the heatmap, bars). index.html
+// preloads it, so it downloads at once, but it runs only when the page asks (loadPlotly):
+// after the page has sent its first requests, so that the 0.3-1 s Plotly takes to start up
+// overlaps them instead of delaying them.
 
 /* global Plotly */
 
-const script = document.getElementById("plotly-script");
+let loaded = null;
 
-/** Resolves once window.Plotly is there; rejects when the bundle could not be loaded. */
-export const plotlyReady = new Promise((resolve, reject) => {
-  if (typeof Plotly !== "undefined") {
-    resolve();
-    return;
-  }
-  const failed = () => reject(new Error("could not load plotly.min.js"));
-  if (script.dataset.failed) {
-    failed(); // before this module ran (index.html's onerror noted it)
-    return;
-  }
-  script.addEventListener("load", () => resolve(), { once: true });
-  script.addEventListener("error", failed, { once: true });
-});
+/** Run the preloaded bundle; resolves once window.Plotly is there, rejects if it failed. */
+export function loadPlotly() {
+  loaded ??= new Promise((resolve, reject) => {
+    if (typeof Plotly !== "undefined") {
+      resolve();
+      return;
+    }
+    const script = document.createElement("script");
+    script.src = document.getElementById("plotly-preload").href;
+    script.addEventListener("load", () => resolve(), { once: true });
+    script.addEventListener("error", () => reject(new Error(`could not load ${script.src}`)), {
+      once: true,
+    });
+    document.head.append(script);
+  });
+  return loaded;
+}
 
-/** The Plotly library (only after plotlyReady). */
+/** The Plotly library (only after loadPlotly has resolved). */
 export function plotly() {
   return Plotly;
 }

@@ -43,6 +43,17 @@ function positiveOrNull(value) {
   return Number.isInteger(value) && value > 0 ? value : null;
 }
 
+/** Two arrays of messages in seq order, merged into one in seq order. */
+function mergeBySeq(held, earlier) {
+  const merged = [];
+  let i = 0;
+  for (const message of held) {
+    while (i < earlier.length && earlier[i].seq < message.seq) merged.push(earlier[i++]);
+    merged.push(message);
+  }
+  return merged.concat(earlier.slice(i));
+}
+
 function getOrCreate(map, key, create) {
   if (!map.has(key)) map.set(key, create());
   return map.get(key);
@@ -127,6 +138,22 @@ export class RunModel {
     if (Number.isInteger(message.seq)) this.lastSeq = message.seq;
     if (this.keepMessages) this.messages.push(message);
     this.#record(message);
+  }
+
+  /** Every message up to `seq` is recorded, or will come through applyEarlier. */
+  skipTo(seq) {
+    if (seq > this.lastSeq) this.lastSeq = seq;
+  }
+
+  /**
+   * Record messages held back when their seqs were skipped (in seq order, each below
+   * lastSeq): kept in seq order among the others, for the downloads.
+   */
+  applyEarlier(messages) {
+    if (!messages.length) return;
+    this.messageCount += messages.length;
+    messages.forEach((message) => this.#record(message));
+    if (this.keepMessages) this.messages = mergeBySeq(this.messages, messages);
   }
 
   #record(message) {
@@ -245,7 +272,10 @@ export class RunModel {
   }
 
   #detail(where, metric, step, value) {
-    this.details.set(`${where}\u0000${metric}`, { where, metric, step, value });
+    const key = `${where}\u0000${metric}`;
+    // The latest value: one held back and recorded later is older than what is there.
+    if ((this.details.get(key)?.step ?? -Infinity) > (step ?? Infinity)) return;
+    this.details.set(key, { where, metric, step, value });
     this.changes.details = true;
   }
 }
