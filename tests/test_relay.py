@@ -891,3 +891,11 @@ def test_closed_connection_mid_send_does_not_disturb_others(relay: RelayProcess)
         publish(relay.ws_url, [epoch_end("run", 2)])
         received = dashboard.wait_for(lambda msgs: len(seqs(msgs)) == 2)
     assert seqs(received) == [1, 2]
+
+
+def test_the_page_preloads_every_module_it_has() -> None:
+    # index.html lists them so the browser fetches them at once, not import level by level.
+    html = (STATIC_DIR / "index.html").read_text()
+    preloaded = set(re.findall(r'rel="modulepreload" href="static/([^"]+)"', html))
+    assert preloaded == {path.name for path in STATIC_DIR.glob("*.js")} - {"dashboard.js"}
+    assert 'type="module" src="static/dashboard.js"' in html

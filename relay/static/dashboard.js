@@ -27,6 +27,10 @@ import { RunList } from "./runlist.js";
 import * as view from "./view.js";
 
 const $ = (id) => document.getElementById(id);
+// The client view (a heatmap and a table of every client: tens of ms each at 100 clients)
+// may be drawn this much after the metric charts, so a round's last message reaches the
+// charts without waiting behind the client view of its earlier ones.
+const CLIENT_VIEW_LAG_MS = 250;
 
 class Dashboard {
   #runs = new RunList();
@@ -52,9 +56,10 @@ class Dashboard {
     this.clients = new ClientView($("clients"), request);
     this.progress = new ProgressView($("round-progress"), request);
     this.compare = new CompareView($("compare-view"), request);
-    const whenPlotted = (painter, inView) => ({
+    const whenPlotted = (painter, inView, lagMs = 0) => ({
       pending: () => (this.#plotted && inView() ? painter.pending() : undefined),
       step: () => painter.step(),
+      lagMs,
     });
     const runView = () => !this.#compared && this.#model && !this.#feedOf(this.#model).replaying;
     // The client view waits for the clients' lists, which come after the charts are drawn.
@@ -64,7 +69,7 @@ class Dashboard {
       [
         whenPlotted(this.charts, () => !this.#compared),
         whenPlotted(this.progress, runView),
-        whenPlotted(this.clients, detailed),
+        whenPlotted(this.clients, detailed, CLIENT_VIEW_LAG_MS),
         whenPlotted(this.compare, compareView),
       ],
       { before: () => this.#beforeFrame(), whenDone: () => this.#drawn() },
@@ -170,7 +175,7 @@ class Dashboard {
     const shown = this.#feeds.get(runId);
     if (shown) {
       shown.receive(message);
-      this.loop.request();
+      this.loop.requestAfterBurst();
     }
   }
 
