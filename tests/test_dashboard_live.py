@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -44,12 +45,19 @@ ROWS = "#round-progress-rows tr[data-client]"
 
 
 def _progress(
-    run_id: str, client: str, sent: datetime, epoch: int, batch: int, batches: int, loss: float
+    run_id: str,
+    client: str,
+    sent: datetime,
+    epoch: int,
+    batch: int,
+    batches: int,
+    loss: float,
+    rnd: int = 1,
 ) -> Message:
     message = make_message(
         "client_progress",
         {
-            "round": 1,
+            "round": rnd,
             "phase": "train",
             "client_id": client,
             "node_id": f"70{client}",
@@ -150,6 +158,50 @@ def test_round_progress_rows_flag_a_straggler_open_curves_and_clear_at_round_end
         "document.getElementById('round-progress').hidden",
         RECOVER_WITHIN_MS,
     )
+    assert dashboard.errors == []
+
+
+def test_a_stored_run_reads_only_the_progress_of_the_round_under_way(
+    dashboard: Dashboard, relay: RelayProcess
+) -> None:
+    start = datetime.now(UTC) - timedelta(seconds=30)
+    info = {"is_federated": True, "num_rounds": 3, "num_clients": 2}
+    stored = [make_message("training_mode", info, run_id="reports")]
+    for rnd, batches in ((1, 20), (2, 5)):  # round 1 ended, round 2 under way
+        for k in range(1, batches + 1):
+            sent = start + timedelta(seconds=10 * rnd + k / 10)
+            for client in ("0", "1"):
+                stored.append(_progress("reports", client, sent, 1, k, 20, 1.0 / k, rnd))
+        if rnd == 1:
+            end = {"round": 1, "total_rounds": 3, "fit_metrics": {"loss": 0.3}, "eval_metrics": {}}
+            stored.append(make_message("round_end", end, run_id="reports"))
+    publish_all(relay, stored)
+    end_seq = 1 + 2 * 20 + 1
+    reads: list[str] = []
+    dashboard.page.on("request", lambda r: reads.append(r.url) if "/metrics?" in r.url else None)
+    dashboard.open("?run=reports")
+    dashboard.wait_for_seq(len(stored))
+
+    # The first read leaves every report out; then those after round 1's round_end are read.
+    assert "exclude=client_metrics,client_progress" in reads[0]
+    report_reads = [url for url in reads if "types=client_progress" in url]
+    assert report_reads and all(f"since={end_seq}&" in url for url in report_reads)
+    assert list(_rows(dashboard)) == ["0", "1"]
+    assert all("batch 5/20" in row["cells"][3] for row in _rows(dashboard).values())
+    dashboard.page.click('button[data-curves="0"]')
+    dashboard.wait(
+        "() => document.querySelector('.client-curves[data-client=\"0\"]').data?.length === 1",
+        RECOVER_WITHIN_MS,
+    )
+    curve = dashboard.page.evaluate(
+        "() => Array.from(document.querySelector('.client-curves[data-client=\"0\"]').data[0].x)"
+    )
+    assert curve == [1, 2, 3, 4, 5]  # round 2's batches only
+
+    # A download reads the ended round's reports too, and holds every message once, in order.
+    downloaded = json.loads(dashboard.download("#download-json"))
+    assert [message["seq"] for message in downloaded] == list(range(1, len(stored) + 1))
+    assert any("types=client_progress" in url and "since=0&" in url for url in reads)
     assert dashboard.errors == []
 
 

@@ -121,9 +121,9 @@ class Dashboard {
     const model = this.#model;
     if (!model || this.#compared) return;
     const feed = this.#feedOf(model);
-    await feed.details(); // every message of the run, the clients' lists included
-    if (!feed.detailed) {
-      console.warn("fl-stream: the run's client data is still loading; download again soon");
+    await feed.readHeldBack({ all: true }); // every message of the run
+    if (!feed.complete) {
+      console.warn("fl-stream: could not read all of the run's messages; download again soon");
       return;
     }
     if (model === this.#model) download(`${fileStem(model.runId)}.${extension}`, build(model), type);
@@ -175,7 +175,9 @@ class Dashboard {
     const shown = this.#feeds.get(runId);
     if (shown) {
       shown.receive(message);
-      this.loop.requestAfterBurst();
+      // Progress reports come steadily, not in bursts that a chart would draw many times.
+      if (message.type === "client_progress") this.loop.request();
+      else this.loop.requestAfterBurst();
     }
   }
 

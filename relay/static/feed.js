@@ -7,16 +7,15 @@
 // = the last seq it holds, so the relay sends what was stored meanwhile, then live messages.
 // A relay that cannot answer over HTTP replays everything on the WebSocket instead.
 //
-// The stored messages come in two reads. The first holds all but the DEFERRED types, the
-// clients' lists, which are 85 of the 87 MB of a 1,000-round x 100-client run and which no
-// chart needs: the charts are drawn from it. The second fetches those lists afterwards, in
-// pages small enough to parse between frames, for the per-client view and the downloads
-// (`detailed` says when they are all there). A model that keeps no client data (a
-// comparison) never fetches them.
-//
-// Messages are applied strictly in seq order: a seq already held is dropped, a message ahead
-// of a missing one waits until the replay fills the gap, and a hole in the live stream makes
-// the feed subscribe again.
+// The stored messages come in parts. The first read holds all but the clients' lists and
+// progress reports: the lists are 85 of the 87 MB of a 1,000-round x 100-client run and no
+// chart needs them; the reports are up to two a second per client, and only those of the
+// round under way are shown. The charts are drawn from it. The reports after the latest
+// round_end (the round under way) are read next, before going live, so that they come in
+// order. The clients' lists follow in the background, in pages small enough to parse
+// between frames, for the per-client view (`detailed` says when they are all there). The
+// reports of ended rounds are read only for a download (`complete`). A model that keeps no
+// client data (a comparison) reads neither.
 //
 // Seqs number the messages of one relay database, which the relay names by an epoch: the
 // feed sends back the epoch it knows, and a relay now on another database says so
@@ -25,7 +24,8 @@
 import { apiFetch } from "./auth.js";
 import { control } from "./connection.js";
 
-const DEFERRED = "client_metrics"; // the types fetched after the first read (comma-separated)
+const LISTS = "client_metrics"; // read after the charts are drawn, for the client view
+const REPORTS = "client_progress"; // those of ended rounds are read only for a download
 const PAGE_BYTES = 4_000_000; // a page of them: tens of ms to parse, so no long task
 
 export class RunFeed {
@@ -36,8 +36,8 @@ export class RunFeed {
   #since = 0; // the `since` of the subscribe being answered
   #attempt = 0; // the latest catch-up (a reconnect starts another)
   #fetching = null; // the HTTP fetch under way, which a newer catch-up waits for
-  #deferred = []; // [since, until] seq ranges whose DEFERRED messages are still to fetch
-  #detailing = null; // the fetch of the deferred messages under way
+  #deferred = []; // {since, until, types, background} messages held back, still to read
+  #reading = null; // the read of deferred messages under way
   #onDetails;
 
   /**
@@ -62,19 +62,28 @@ export class RunFeed {
     return this.#replaying;
   }
 
-  /** Whether the model holds every message up to its last seq, the deferred ones included. */
+  /** Whether the model holds what the page shows: the clients' lists included. */
   get detailed() {
+    return !this.#replaying && !this.#deferred.some((range) => range.background);
+  }
+
+  /** Whether the model holds every message up to its last seq. */
+  get complete() {
     return !this.#replaying && this.#deferred.length === 0;
   }
 
-  /** Resolves once the deferred messages held back so far are in the model (or failed). */
-  details() {
-    if (this.#deferred.length) {
-      this.#detailing ??= this.#fetchDeferred().finally(() => {
-        this.#detailing = null;
+  /**
+   * Read the messages held back: the clients' lists, and with `all` the progress reports
+   * of ended rounds too. Resolves once they are in the model, or a read failed (the next
+   * catch-up, or call, tries again).
+   */
+  async readHeldBack({ all = false } = {}) {
+    while (this.#deferred.some((range) => all || range.background)) {
+      this.#reading ??= this.#readDeferred(all).finally(() => {
+        this.#reading = null;
       });
+      if (!(await this.#reading)) return;
     }
-    return this.#detailing ?? Promise.resolve();
   }
 
   /**
@@ -94,7 +103,7 @@ export class RunFeed {
     this.#since = this.model.lastSeq;
     const data = { run_id: this.model.runId, since: this.#since, epoch };
     this.#connection.send(control("subscribe", data));
-    this.details(); // in the background: the charts are drawn meanwhile
+    this.readHeldBack(); // in the background: the charts are drawn meanwhile
   }
 
   /** Stop receiving this run. */
@@ -135,48 +144,70 @@ export class RunFeed {
   }
 
   /**
-   * The stored messages after the last seq held, over HTTP, the DEFERRED ones left for
-   * later when the model keeps them (and dropped when it does not); on failure the replay
-   * has them all.
+   * The stored messages after the last seq held, over HTTP: all but the held-back types,
+   * then the progress reports of the round under way (none for a model that keeps no
+   * client data); on failure the replay has them all.
    */
   async #fetchStored() {
-    const since = this.model.lastSeq;
-    let read;
+    const model = this.model;
+    const since = model.lastSeq;
     try {
-      read = await this.#read(`since=${since}&exclude=${DEFERRED}`);
+      const read = await this.#read(`since=${since}&exclude=${LISTS},${REPORTS}`);
+      if (!read) return; // 404: nothing stored yet (the subscribe replays the rest)
+      // The read holds every message up to through_seq but the held-back ones: a live
+      // message in that range that came ahead of it is in the read, or held back.
+      const through = read.through_seq;
+      for (const seq of this.#waiting.keys()) if (seq <= through) this.#waiting.delete(seq);
+      read.messages.forEach((message) => model.apply(message));
+      model.skipTo(through);
+      if (model.keepClients && through > since) {
+        // Reports before the latest round_end are of ended rounds: the page drops them.
+        const current = Math.max(since, model.endSeq);
+        this.#deferred.push({ since, until: through, types: LISTS, background: true });
+        if (current > since) {
+          this.#deferred.push({ since, until: current, types: REPORTS, background: false });
+        }
+        // A finished run shows no round under way: its last reports wait for a download.
+        const range = { since: current, until: through, types: REPORTS, background: false };
+        if (current < through && (model.isFinished || !(await this.#readRange(range)))) {
+          this.#deferred.push(range);
+        }
+      }
     } catch (error) {
-      console.warn(`fl-stream: could not fetch ${this.model.runId} (${error.message})`);
-      return;
+      console.warn(`fl-stream: could not fetch ${model.runId} (${error.message})`);
+    } finally {
+      this.#applyInOrder();
     }
-    if (!read) return; // 404: nothing stored yet (the subscribe replays the rest)
-    // The read holds every message up to through_seq but the deferred ones: a live message
-    // in that range that came ahead of it is in the read, or in the deferred fetch.
-    const through = read.through_seq;
-    for (const seq of this.#waiting.keys()) if (seq <= through) this.#waiting.delete(seq);
-    read.messages.forEach((message) => this.model.apply(message));
-    this.model.skipTo(through);
-    if (this.model.keepClients && through > since) this.#deferred.push([since, through]);
-    this.#applyInOrder();
   }
 
-  /** The deferred messages of the ranges held back, a page at a time; a failure waits. */
-  async #fetchDeferred() {
-    while (this.#deferred.length) {
-      const [since, until] = this.#deferred[0];
+  /** Read the first held-back range (a background one unless `all`); false: it failed. */
+  async #readDeferred(all) {
+    const index = this.#deferred.findIndex((range) => all || range.background);
+    const range = this.#deferred[index];
+    const done = await this.#readRange(range);
+    if (done) this.#deferred.splice(this.#deferred.indexOf(range), 1);
+    return done;
+  }
+
+  /**
+   * Read one range's messages into the model, page by page; `range.since` moves on with
+   * each page, so a failed read resumes where it stopped. Returns false when one failed.
+   */
+  async #readRange(range) {
+    for (;;) {
       let page;
       try {
-        const query = `since=${since}&until=${until}&types=${DEFERRED}&max_bytes=${PAGE_BYTES}`;
-        page = await this.#read(query);
+        const { since, until, types } = range;
+        page = await this.#read(`since=${since}&until=${until}&types=${types}&max_bytes=${PAGE_BYTES}`);
       } catch (error) {
-        // The next catch-up (the link opening again) tries again.
-        console.warn(`fl-stream: could not fetch ${this.model.runId}'s clients (${error.message})`);
-        return;
+        console.warn(`fl-stream: could not fetch ${this.model.runId}'s ${range.types} (${error.message})`);
+        return false;
       }
-      if (!page) return; // the run is gone (another database): the page shows it anew
+      if (!page) return false; // the run is gone (another database): the page shows it anew
       this.model.applyEarlier(page.messages);
-      if (page.more) this.#deferred[0] = [page.through_seq, until];
-      else this.#deferred.shift();
       this.#onDetails();
+      if (!page.more) return true;
+      range.since = page.through_seq;
     }
   }
 

@@ -85,6 +85,7 @@ export class RunModel {
     this.messages = []; // messages in seq order (what the downloads hold)
     this.messageCount = 0;
     this.lastSeq = 0;
+    this.endSeq = 0; // the seq of the latest round_end or training_end
     this.mode = null; // MODE.federated | MODE.centralized, from training_mode or inferred
     this.totalSteps = null; // rounds or epochs planned, when the run said so
     this.numClients = null;
@@ -191,6 +192,7 @@ export class RunModel {
         if (this.keepClients) this.progress.apply(data, Date.parse(message.timestamp), Date.now());
         break;
       case "round_end": {
+        this.#noteEnd(message.seq);
         this.progress.end(data.round);
         this.#progress(MODE.federated, data.round, data.total_rounds, message.timestamp);
         this.#addMetrics(data.round, ROUND_PHASES.train, data.fit_metrics);
@@ -219,6 +221,7 @@ export class RunModel {
         if (!this.trainingEnd) this.status = STATUS.failed;
         break;
       case "training_end":
+        this.#noteEnd(message.seq);
         this.trainingEnd = data;
         this.status = FINAL_STATUSES.has(data.status) ? data.status : STATUS.completed;
         for (const [name, value] of Object.entries(data.final_metrics ?? {})) {
@@ -230,6 +233,10 @@ export class RunModel {
       default:
         break; // custom messages are kept for the downloads only
     }
+  }
+
+  #noteEnd(seq) {
+    if (Number.isInteger(seq) && seq > this.endSeq) this.endSeq = seq;
   }
 
   #noteTime(timestamp) {
