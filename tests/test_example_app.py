@@ -146,9 +146,11 @@ def test_the_dashboard_draws_a_chart_of_the_custom_metric(example_run):
             page = browser.new_page()
             page.goto(f"{example_run.relay.http_url}/?run={example_run.run_id}")
             try:
+                # Scrolled to, as a user would: charts far below the window wait until then.
                 page.wait_for_function(
                     """() => {
                          const chart = document.querySelector('[data-metric="balanced_accuracy"]');
+                         chart?.scrollIntoView();
                          return (chart?.data || []).some((trace) => trace.x?.length > 0);
                        }""",
                     timeout=15_000,

@@ -1,8 +1,9 @@
 // The metric charts of a view: one chart per metric, in groups by name prefix, with a legend
 // shared by all of them; with many metrics, a filter box and folded groups.
 //
-// Only charts that can be seen are drawn: a chart in a folded group, or filtered out, costs
-// no Plotly work until it is shown. The grid draws one chart per step (see FrameLoop), the
+// Only charts that can be seen are drawn: a chart in a folded group, filtered out, or
+// scrolled far out of the window costs no Plotly work until it is shown (with 30 metrics,
+// a live round redraws the few charts on screen, not all 30). The grid draws one chart per step (see FrameLoop), the
 // first in page order that needs it, so a frame never draws more than its budget allows and
 // the first charts are current first.
 
@@ -27,6 +28,8 @@ const OTHER_COLOR = "#7c3aed";
 const MANY_METRICS = 30;
 // A chart waiting this long (ms) is drawn before the charts above it.
 const STARVE_MS = 500;
+// Charts within this distance of the window are drawn as if on screen (scrolling is smooth).
+const NEAR_PX = 400;
 
 /**
  * What a grid draws.
@@ -93,6 +96,10 @@ export class ChartGrid {
   #many = false; // MANY_METRICS or more: groups other than the main one start folded
   #pinned; // metrics charted even before any data (the protocol's six, on a run's page)
   #idPrefix;
+  #near = new Set(); // figures within NEAR_PX of the window
+  #observer = new IntersectionObserver((entries) => this.#scrolled(entries), {
+    rootMargin: `${NEAR_PX}px 0px`,
+  });
 
   /**
    * @param {HTMLElement} container  where the legend, filter and groups go
@@ -129,6 +136,8 @@ export class ChartGrid {
     this.#groups.clear();
     this.#charts.clear();
     this.#waiting.clear();
+    this.#observer.disconnect();
+    this.#near.clear();
     this.sync();
   }
 
@@ -195,7 +204,18 @@ export class ChartGrid {
 
   #isVisible(figure) {
     const group = figure.closest("details");
-    return !figure.hidden && !group.hidden && group.open;
+    return !figure.hidden && !group.hidden && group.open && this.#near.has(figure);
+  }
+
+  /** Figures came near the window or left it: those that came are drawn now. */
+  #scrolled(entries) {
+    let came = false;
+    for (const { target, isIntersecting } of entries) {
+      if (isIntersecting) this.#near.add(target);
+      else this.#near.delete(target);
+      came ||= isIntersecting;
+    }
+    if (came) this.#onChange();
   }
 
   #addCharts(metrics) {
@@ -212,6 +232,7 @@ export class ChartGrid {
       plot.id = `${this.#idPrefix}${metric}`;
       plot.dataset.metric = metric;
       figure.append(caption, plot);
+      this.#observer.observe(figure);
       // Keep the group's charts in page order (the metrics list is in page order).
       const after = metrics.slice(0, metrics.indexOf(metric)).reverse();
       const previous = after.map((name) => this.#charts.get(name)).find((c) => c?.group === group);
