@@ -33,6 +33,7 @@ export class RunFeed {
   #epoch;
   #waiting = new Map(); // seq -> message that arrived ahead of its turn
   #replaying = false; // catching up: the stored messages are on their way
+  #stored = false; // this catch-up's HTTP read is in the model: the replay brings only the rest
   #since = 0; // the `since` of the subscribe being answered
   #attempt = 0; // the latest catch-up (a reconnect starts another)
   #fetching = null; // the HTTP fetch under way, which a newer catch-up waits for
@@ -57,19 +58,22 @@ export class RunFeed {
     return this.model.runId;
   }
 
-  /** Whether the feed is catching up (its run is drawn once it has). */
+  /**
+   * Whether the feed is catching up on what the relay stored (the run is drawn once it has):
+   * until the HTTP read is in the model, or, without one, until the replay has ended.
+   */
   get replaying() {
-    return this.#replaying;
+    return this.#replaying && !this.#stored;
   }
 
   /** Whether the model holds what the page shows: the clients' lists included. */
   get detailed() {
-    return !this.#replaying && !this.#deferred.some((range) => range.background);
+    return !this.replaying && !this.#deferred.some((range) => range.background);
   }
 
   /** Whether the model holds every message up to its last seq. */
   get complete() {
-    return !this.#replaying && this.#deferred.length === 0;
+    return !this.replaying && this.#deferred.length === 0;
   }
 
   /**
@@ -93,13 +97,15 @@ export class RunFeed {
    */
   async subscribe() {
     this.#replaying = true;
+    this.#stored = false;
     const attempt = ++this.#attempt;
     this.#fetching ??= this.#fetchStored().finally(() => {
       this.#fetching = null;
     });
-    await this.#fetching;
+    const stored = await this.#fetching;
     const epoch = await this.#epoch();
     if (attempt !== this.#attempt) return; // a newer catch-up (the link opened again) goes on
+    this.#stored = stored;
     this.#since = this.model.lastSeq;
     const data = { run_id: this.model.runId, since: this.#since, epoch };
     this.#connection.send(control("subscribe", data));
@@ -146,14 +152,14 @@ export class RunFeed {
   /**
    * The stored messages after the last seq held, over HTTP: all but the held-back types,
    * then the progress reports of the round under way (none for a model that keeps no
-   * client data); on failure the replay has them all.
+   * client data). Returns whether it read them; when not, the replay has them all.
    */
   async #fetchStored() {
     const model = this.model;
     const since = model.lastSeq;
     try {
       const read = await this.#read(`since=${since}&exclude=${LISTS},${REPORTS}`);
-      if (!read) return; // 404: nothing stored yet (the subscribe replays the rest)
+      if (!read) return true; // 404: nothing stored yet (the subscribe replays the rest)
       // The read holds every message up to through_seq but the held-back ones: a live
       // message in that range that came ahead of it is in the read, or held back.
       const through = read.through_seq;
@@ -173,8 +179,10 @@ export class RunFeed {
           this.#deferred.push(range);
         }
       }
+      return true;
     } catch (error) {
       console.warn(`fl-stream: could not fetch ${model.runId} (${error.message})`);
+      return false;
     } finally {
       this.#applyInOrder();
     }
