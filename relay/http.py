@@ -6,8 +6,8 @@ keep-alive), which is plenty for a dashboard page, its scripts and a small JSON 
 Routes (GET):
     ``/``                              the dashboard page, ``relay/static/index.html``
     ``/static/<file>``                 files from ``relay/static/``
-    ``/static/vendor/<file>``          third-party files shipped with the relay (Plotly's
-                                       cartesian bundle): versioned names, cached by browsers
+    ``/static/vendor/<file>``          third-party files shipped with the relay (Plotly, as
+                                       scripts/plotly builds it): versioned names, cached
     ``/favicon.ico``                   ``relay/static/favicon.ico``, or 204 when there is none
     ``/healthz``                       ``{"status": "ok", "epoch"}``
     ``/stats``                         the relay's counters

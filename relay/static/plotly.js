@@ -1,6 +1,6 @@
-// Plotly (the cartesian bundle in static/vendor/: line charts, the heatmap, bars). index.html
+// Plotly (static/vendor/: its core with the bar and heatmap traces, scripts/plotly/). index.html
 // preloads it, so it downloads at once, but it runs only when the page asks (loadPlotly):
-// after the page has sent its first requests, so that the 0.3-1 s Plotly takes to start up
+// after the page has sent its first requests, so that the 0.2-0.4 s Plotly takes to start up
 // overlaps them instead of delaying them.
 
 /* global Plotly */
