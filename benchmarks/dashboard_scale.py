@@ -27,9 +27,16 @@ Prints a table and, as its last line, one JSON object ``{"<rounds>x<clients>": {
 those figures per size (``first_paint_ms``, ``first_paint_warm_ms``, ``whole_page_ms``,
 ``live_p50_ms``, ``live_p99_ms``, ``live_all_p99_ms``, ``live_cpu_ms_per_round``,
 ``longest_task_ms``, ``heap_mb``, ``heap_before_gc_mb``, ``stored_messages``,
-``stored_mb``, ``live_rounds``, ``console_errors``, ``load_average``).
+``stored_mb``, ``live_rounds``, ``console_errors``, ``load_average``, ``repeats``, and each
+run's ``first_paint_ms_runs`` and ``live_p99_ms_runs``).
+
+With ``--repeat N`` each size is measured N times, the sizes alternating: live p50/p99 are
+over every live round of every run, the longest task and the heap are the worst run's, the
+other figures the median run's. One run's p99 of 20 rounds is its slowest round, which one
+hiccup of a shared machine decides.
 
     .venv/bin/python benchmarks/dashboard_scale.py [--sizes 10x3,1000x100] [--live-rounds 20]
+        [--repeat 3]
 
 **Progress mode** (``--progress-clients 100 --progress-seconds 20``, instead of the sizes): a
 federated run (one round stored) is opened in the page, then a publisher thread on one
@@ -352,9 +359,40 @@ def measure(browser: Any, rounds: int, clients: int, live_rounds: int, workdir: 
         "stored_messages": stored,
         "stored_mb": round(stored_bytes / 1e6, 1),
         "live_rounds": len(latencies),
+        "_latencies": latencies,  # pooled across repeats (see combine), then dropped
+        "_whole": whole,
         "console_errors": len(errors),
         "load_average": round(os.getloadavg()[0], 2),
     }
+
+
+def combine(runs: list[dict]) -> dict:
+    """One size's figures over repeated runs.
+
+    Live p50/p99 over every live round of every run; the median run's first paints, CPU and
+    load; the worst long task and heap; each run's first paint and live p99 listed.
+    """
+    latencies = [x for run in runs for x in run["_latencies"]]
+    whole = [x for run in runs for x in run["_whole"]]
+    figures = {
+        key: statistics.median_low(run[key] for run in runs)
+        for key in runs[0]
+        if not key.startswith("_") and isinstance(runs[0][key], int | float)
+    }
+    figures.update(
+        live_p50_ms=round(statistics.median(latencies), 1) if latencies else None,
+        live_p99_ms=round(percentile(latencies, 99), 1) if latencies else None,
+        live_all_p99_ms=round(percentile(whole, 99), 1) if whole else None,
+        live_rounds=len(latencies),
+        longest_task_ms=max(run["longest_task_ms"] for run in runs),
+        heap_mb=max(run["heap_mb"] for run in runs),
+        heap_before_gc_mb=max(run["heap_before_gc_mb"] for run in runs),
+        console_errors=sum(run["console_errors"] for run in runs),
+        repeats=len(runs),
+        first_paint_ms_runs=[run["first_paint_ms"] for run in runs],
+        live_p99_ms_runs=[run["live_p99_ms"] for run in runs],
+    )
+    return figures
 
 
 def progress_message(client: int, k: int, epochs: int, rng: random.Random) -> Message:
@@ -512,6 +550,13 @@ def main() -> None:
         "--live-rounds", type=int, default=20, help="rounds published live per size"
     )
     parser.add_argument(
+        "--repeat",
+        type=int,
+        default=1,
+        help="measure each size this many times (sizes alternate): live p50/p99 pool every "
+        "run's rounds, the other figures are the median run's (a shared machine is noisy)",
+    )
+    parser.add_argument(
         "--progress-clients",
         type=int,
         default=0,
@@ -541,17 +586,23 @@ def main() -> None:
                 )
                 print_progress(figures)
                 return
-            for rounds, clients in parse_sizes(args.sizes):
-                name = f"{rounds}x{clients}"
-                results[name] = measure(
-                    browser, rounds, clients, args.live_rounds, Path(tmp) / name
-                )
-                print(f"  {name}: {results[name]}", file=sys.stderr, flush=True)
+            runs: dict[str, list[dict]] = {}
+            for repeat in range(args.repeat):
+                for rounds, clients in parse_sizes(args.sizes):
+                    name = f"{rounds}x{clients}"
+                    run = measure(
+                        browser, rounds, clients, args.live_rounds, Path(tmp) / f"{name}-{repeat}"
+                    )
+                    runs.setdefault(name, []).append(run)
+                    shown = {key: value for key, value in run.items() if not key.startswith("_")}
+                    print(f"  {name}: {shown}", file=sys.stderr, flush=True)
+            results = {name: combine(size_runs) for name, size_runs in runs.items()}
         finally:
             browser.close()
 
     print(
         f"dashboard at scale, headless chromium, {args.live_rounds} live rounds a size, "
+        f"{args.repeat} run(s) of each, "
         f"{os.cpu_count()} CPUs (a shared machine inflates the figures; load in the last column)"
     )
     columns = {
