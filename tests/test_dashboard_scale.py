@@ -144,6 +144,10 @@ def test_the_charts_and_live_rounds_come_before_the_clients_lists(
         f"() => document.querySelector('[data-metric=\"loss\"]').data[0].x.at(-1) === {rounds + 2}",
         RECOVER_WITHIN_MS,
     )
+    for _ in range(100):  # the lists are asked for once the charts are drawn: within 5 s
+        if held:
+            break
+        dashboard.page.wait_for_timeout(50)
     assert held and dashboard.page.is_hidden("#clients")
     assert "lastSeq" not in dashboard.page.evaluate("() => ({...document.body.dataset})")
 

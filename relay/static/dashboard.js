@@ -377,7 +377,13 @@ class Dashboard {
   /** A frame left nothing to draw: the page shows every message it holds. */
   #drawn() {
     const model = this.#model;
-    if (!this.#plotted || this.#compared || !model || !this.#feedOf(model).detailed) return;
+    if (!this.#plotted || this.#compared || !model || this.#feedOf(model).replaying) return;
+    const feed = this.#feedOf(model);
+    // The clients' lists once the charts are drawn: their reads would hold up the first paint.
+    if (!feed.detailed) {
+      feed.readHeldBack();
+      return;
+    }
     // For tests and scripts: the last seq the page has drawn.
     document.body.dataset.lastSeq = String(model.lastSeq);
   }

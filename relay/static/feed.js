@@ -12,10 +12,10 @@
 // chart needs them; the reports are up to two a second per client, and only those of the
 // round under way are shown. The charts are drawn from it. The reports after the latest
 // round_end (the round under way) are read next, before going live, so that they come in
-// order. The clients' lists follow in the background, in pages small enough to parse
-// between frames, for the per-client view (`detailed` says when they are all there). The
-// reports of ended rounds are read only for a download (`complete`). A model that keeps no
-// client data (a comparison) reads neither.
+// order. The clients' lists follow once the charts are drawn (the page calls readHeldBack),
+// in pages small enough to parse between frames, for the per-client view (`detailed` says
+// when they are all there). The reports of ended rounds are read only for a download
+// (`complete`). A model that keeps no client data (a comparison) reads neither.
 //
 // Seqs number the messages of one relay database, which the relay names by an epoch: the
 // feed sends back the epoch it knows, and a relay now on another database says so
@@ -39,6 +39,7 @@ export class RunFeed {
   #fetching = null; // the HTTP fetch under way, which a newer catch-up waits for
   #deferred = []; // {since, until, types, background} messages held back, still to read
   #reading = null; // the read of deferred messages under way
+  #background = null; // the reading of the clients' lists under way
   #onDetails;
 
   /**
@@ -81,7 +82,15 @@ export class RunFeed {
    * of ended rounds too. Resolves once they are in the model, or a read failed (the next
    * catch-up, or call, tries again).
    */
-  async readHeldBack({ all = false } = {}) {
+  readHeldBack({ all = false } = {}) {
+    if (all) return this.#readAllHeldBack(true);
+    this.#background ??= this.#readAllHeldBack(false).finally(() => {
+      this.#background = null;
+    });
+    return this.#background;
+  }
+
+  async #readAllHeldBack(all) {
     while (this.#deferred.some((range) => all || range.background)) {
       this.#reading ??= this.#readDeferred(all).finally(() => {
         this.#reading = null;
@@ -109,7 +118,6 @@ export class RunFeed {
     this.#since = this.model.lastSeq;
     const data = { run_id: this.model.runId, since: this.#since, epoch };
     this.#connection.send(control("subscribe", data));
-    this.readHeldBack(); // in the background: the charts are drawn meanwhile
   }
 
   /** Stop receiving this run. */
