@@ -31,8 +31,8 @@ those figures per size (``first_paint_ms``, ``first_paint_warm_ms``, ``whole_pag
 run's ``first_paint_ms_runs`` and ``live_p99_ms_runs``).
 
 With ``--repeat N`` each size is measured N times, the sizes alternating: live p50/p99 are
-over every live round of every run, the longest task and the heap are the worst run's, the
-other figures the median run's. One run's p99 of 20 rounds is its slowest round, which one
+over every live round of every run, the longest task and the heap are the worst run's, each
+other figure is its median over the runs. One run's p99 of 20 rounds is its slowest round, which one
 hiccup of a shared machine decides.
 
     .venv/bin/python benchmarks/dashboard_scale.py [--sizes 10x3,1000x100] [--live-rounds 20]
@@ -369,8 +369,9 @@ def measure(browser: Any, rounds: int, clients: int, live_rounds: int, workdir: 
 def combine(runs: list[dict]) -> dict:
     """One size's figures over repeated runs.
 
-    Live p50/p99 over every live round of every run; the median run's first paints, CPU and
-    load; the worst long task and heap; each run's first paint and live p99 listed.
+    Live p50/p99 over every live round of every run; the worst long task and heap; each other
+    figure's median over the runs (each its own: they may come from different runs); each
+    run's first paint and live p99 listed.
     """
     latencies = [x for run in runs for x in run["_latencies"]]
     whole = [x for run in runs for x in run["_whole"]]
@@ -554,7 +555,7 @@ def main() -> None:
         type=int,
         default=1,
         help="measure each size this many times (sizes alternate): live p50/p99 pool every "
-        "run's rounds, the other figures are the median run's (a shared machine is noisy)",
+        "run's rounds, each other figure is its median over the runs (a shared machine is noisy)",
     )
     parser.add_argument(
         "--progress-clients",

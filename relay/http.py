@@ -115,7 +115,7 @@ class HttpRoutes:
 
     async def _run_metrics(self, name: str, query: str) -> Response:
         try:
-            read = _run_read(parse_qs(query))
+            read = _run_read(parse_qs(query, keep_blank_values=True))
         except ValueError as exc:
             return error_response(http.HTTPStatus.BAD_REQUEST, str(exc))
         run_id = self.runs.resolve(name)
@@ -127,6 +127,7 @@ class HttpRoutes:
         page = await asyncio.to_thread(self.store.run_page, run_id, read)
         head = {
             **summary,
+            "epoch": self.store.epoch,  # whose seqs these are (a reader may hold another's)
             "final_metrics": final["final_metrics"] if final else None,
             "training_end": final,
             "through_seq": page.through_seq,
@@ -148,7 +149,7 @@ class HttpRoutes:
             return _not_found(f"no such file: {path.name[:100]}")
         kind = mimetypes.guess_type(resolved.name)[0] or "application/octet-stream"
         # The page's own files always come fresh from this relay; vendored ones carry their
-        # version in their name, so a browser may keep them (Plotly: 1.5 MB, compiled once).
+        # version in their name, so a browser may keep them (Plotly: 1.2 MB, compiled once).
         vendored = resolved.is_relative_to(self.static_dir / "vendor")
         return response(http.HTTPStatus.OK, body, kind, cache=vendored)
 

@@ -406,6 +406,26 @@ def test_page_resumes_from_its_last_seq_after_a_relay_restart(
     assert [message["seq"] for message in held] == list(range(1, 19))  # no gap, no duplicate
 
 
+def test_a_relay_on_another_database_shows_the_run_anew(
+    dashboard: Dashboard, relay: RelayProcess, relay_factory: Any
+) -> None:
+    publish_all(relay, centralized_epochs("swap", 1, 3))  # seq 1..6
+    dashboard.open("?run=swap")
+    dashboard.wait_for_seq(6)
+    dashboard.context.set_offline(True)
+    relay.stop()
+    other = relay_factory(port=relay.port)  # same address, a new database: seqs restart
+    publish_all(other, centralized_epochs("swap", 1, 1))  # seq 1..2
+    dashboard.context.set_offline(False)
+    # The page's seqs 1..6 are the old database's: it drops them and reads the run anew.
+    dashboard.wait("() => document.body.dataset.lastSeq === '2'", RECOVER_WITHIN_MS)
+    assert dashboard.charts()["loss"]["train"]["x"] == [1]
+    held = json.loads(dashboard.download("#download-json"))
+    assert [message["seq"] for message in held] == [1, 2]
+    # (The console notes the connections refused while offline; no script failed.)
+    assert not [error for error in dashboard.errors if error.startswith("pageerror")]
+
+
 def test_heartbeat_replaces_a_link_that_went_silent(
     dashboard: Dashboard, relay: RelayProcess
 ) -> None:

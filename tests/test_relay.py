@@ -517,6 +517,7 @@ def test_api_runs_summarises_each_run_newest_first(relay: RelayProcess) -> None:
     later = get_json(f"{relay.http_url}/api/runs/fed/metrics?since=2")["messages"]
     assert [m["seq"] for m in later] == [3]
     assert (body["through_seq"], body["more"]) == (3, False)
+    assert body["epoch"] == get_json(f"{relay.http_url}/healthz")["epoch"]  # whose seqs
     # The dashboard's two reads: all but some types first, then those types in pages.
     light = get_json(f"{relay.http_url}/api/runs/fed/metrics?exclude=epoch_end,client_metrics")
     assert (seqs(light["messages"]), light["through_seq"]) == ([1, 3], 3)
@@ -554,6 +555,9 @@ def test_api_runs_summarises_each_run_newest_first(relay: RelayProcess) -> None:
         ("/?token=s3cret", 400, "application/json; charset=utf-8"),
         ("/api/runs/nobody/metrics?until=soon", 400, "application/json; charset=utf-8"),
         ("/api/runs/nobody/metrics?max_bytes=0", 400, "application/json; charset=utf-8"),
+        ("/api/runs/nobody/metrics?max_bytes=", 400, "application/json; charset=utf-8"),
+        ("/api/runs/nobody/metrics?until=", 400, "application/json; charset=utf-8"),
+        ("/api/runs/nobody/metrics?types=", 400, "application/json; charset=utf-8"),
         ("/api/runs/nobody/metrics?types=,", 400, "application/json; charset=utf-8"),
         (
             "/api/runs/nobody/metrics?exclude=" + ",".join("t" * 33),

@@ -97,6 +97,7 @@ export class ChartGrid {
   #pinned; // metrics charted even before any data (the protocol's six, on a run's page)
   #idPrefix;
   #near = new Set(); // figures within NEAR_PX of the window
+  #unplaced = new Set(); // figures the observer has not reported on yet
   #observer = new IntersectionObserver((entries) => this.#scrolled(entries), {
     rootMargin: `${NEAR_PX}px 0px`,
   });
@@ -138,6 +139,7 @@ export class ChartGrid {
     this.#waiting.clear();
     this.#observer.disconnect();
     this.#near.clear();
+    this.#unplaced.clear();
     this.sync();
   }
 
@@ -207,15 +209,21 @@ export class ChartGrid {
     return !figure.hidden && !group.hidden && group.open && this.#near.has(figure);
   }
 
-  /** Figures came near the window or left it: those that came are drawn now. */
+  /** Whether every chart is known to be near the window or not (see `settled` users). */
+  get settled() {
+    return this.#unplaced.size === 0;
+  }
+
+  /** Figures came near the window or left it (or were placed): those near are drawn now. */
   #scrolled(entries) {
-    let came = false;
+    let changed = false;
     for (const { target, isIntersecting } of entries) {
       if (isIntersecting) this.#near.add(target);
       else this.#near.delete(target);
-      came ||= isIntersecting;
+      const placed = this.#unplaced.delete(target);
+      changed = changed || isIntersecting || placed;
     }
-    if (came) this.#onChange();
+    if (changed) this.#onChange();
   }
 
   #addCharts(metrics) {
@@ -232,6 +240,7 @@ export class ChartGrid {
       plot.id = `${this.#idPrefix}${metric}`;
       plot.dataset.metric = metric;
       figure.append(caption, plot);
+      this.#unplaced.add(figure);
       this.#observer.observe(figure);
       // Keep the group's charts in page order (the metrics list is in page order).
       const after = metrics.slice(0, metrics.indexOf(metric)).reverse();

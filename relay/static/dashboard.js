@@ -9,7 +9,7 @@
 //
 // Each shown run has a RunFeed: what the relay stored (over HTTP), then a subscription with
 // `since` = the last seq held, so a late or reconnecting page first receives what it missed,
-// then live messages. A catch-up is drawn once, when it ends.
+// then live messages. A catch-up is drawn once, when the stored messages are in.
 
 import { apiFetch, askForToken, onNewToken, refusal, viewerToken } from "./auth.js";
 import { CompareView, MAX_COMPARED, MIN_COMPARED } from "./compare.js";
@@ -121,12 +121,26 @@ class Dashboard {
     const model = this.#model;
     if (!model || this.#compared) return;
     const feed = this.#feedOf(model);
-    await feed.readHeldBack({ all: true }); // every message of the run
-    if (!feed.complete) {
-      console.warn("fl-stream: could not read all of the run's messages; download again soon");
-      return;
+    const buttons = [$("download-csv"), $("download-json")];
+    buttons.forEach((button) => {
+      button.disabled = true; // until every message of the run is read (one file a click)
+      button.setAttribute("aria-busy", "true");
+    });
+    try {
+      await feed.readHeldBack({ all: true });
+    } finally {
+      buttons.forEach((button) => {
+        button.disabled = false;
+        button.removeAttribute("aria-busy");
+      });
     }
-    if (model === this.#model) download(`${fileStem(model.runId)}.${extension}`, build(model), type);
+    if (model !== this.#model) return;
+    // Incomplete (the relay is unreachable): no file that looks whole but is not.
+    const problem = feed.complete ? "" : "could not read all of the run's messages; try again";
+    buttons.forEach((button) => button.classList.toggle("incomplete", Boolean(problem)));
+    $("download-csv").parentElement.title = problem;
+    if (problem) console.warn(`fl-stream: ${problem}`);
+    else download(`${fileStem(model.runId)}.${extension}`, build(model), type);
   }
 
   // ----------------------------------------------------------------------- the link
@@ -378,6 +392,8 @@ class Dashboard {
   #drawn() {
     const model = this.#model;
     if (!this.#plotted || this.#compared || !model || this.#feedOf(model).replaying) return;
+    // A chart just added may be on screen, and not drawn yet: the observer says so soon.
+    if (!this.charts.settled) return;
     const feed = this.#feedOf(model);
     // The clients' lists once the charts are drawn: their reads would hold up the first paint.
     if (!feed.detailed) {

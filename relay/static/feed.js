@@ -27,6 +27,9 @@ import { control } from "./connection.js";
 const LISTS = "client_metrics"; // read after the charts are drawn, for the client view
 const REPORTS = "client_progress"; // those of ended rounds are read only for a download
 const PAGE_BYTES = 4_000_000; // a page of them: tens of ms to parse, so no long task
+// A failed read of the clients' lists is tried again after 1 s, then 2 s, ... up to 30 s.
+const RETRY_MIN_MS = 1000;
+const RETRY_MAX_MS = 30_000;
 
 export class RunFeed {
   #connection;
@@ -40,19 +43,25 @@ export class RunFeed {
   #deferred = []; // {since, until, types, background} messages held back, still to read
   #reading = null; // the read of deferred messages under way
   #background = null; // the reading of the clients' lists under way
-  #onDetails;
+  #everything = null; // the reading of every held-back message (for a download) under way
+  #retryAt = 0; // Date.now() before which a failed background read is not tried again
+  #retryMs = RETRY_MIN_MS;
+  #covered = 0; // seqs up to here come from the HTTP reads, never from the link
+  #closed = false; // unsubscribed: reads under way stop
+  #onHeldBack;
 
   /**
    * @param {import("./run.js").RunModel} model
    * @param {import("./connection.js").RelayConnection} connection
    * @param {() => Promise<string|null>} epoch  the relay database's epoch, as /api/runs said
-   * @param {() => void} onDetails  called after each page of deferred messages is applied
+   * @param {() => void} onHeldBack  called after each page of held-back messages is applied,
+   *   and when a failed read of them may be tried again (the page calls readHeldBack)
    */
-  constructor(model, connection, epoch, onDetails = () => {}) {
+  constructor(model, connection, epoch, onHeldBack = () => {}) {
     this.model = model;
     this.#connection = connection;
     this.#epoch = epoch;
-    this.#onDetails = onDetails;
+    this.#onHeldBack = onHeldBack;
   }
 
   get runId() {
@@ -79,24 +88,47 @@ export class RunFeed {
 
   /**
    * Read the messages held back: the clients' lists, and with `all` the progress reports
-   * of ended rounds too. Resolves once they are in the model, or a read failed (the next
-   * catch-up, or call, tries again).
+   * of ended rounds too. Resolves once they are in the model, or a read failed: a failed
+   * read of the lists is tried again after a backoff (onHeldBack asks the page to call
+   * again); one for a download, at the next download.
    */
   readHeldBack({ all = false } = {}) {
-    if (all) return this.#readAllHeldBack(true);
-    this.#background ??= this.#readAllHeldBack(false).finally(() => {
-      this.#background = null;
-    });
+    if (all) {
+      this.#everything ??= this.#readAllHeldBack(true).finally(() => {
+        this.#everything = null;
+      });
+      return this.#everything;
+    }
+    if (Date.now() < this.#retryAt) return Promise.resolve();
+    this.#background ??= this.#readAllHeldBack(false)
+      .then((read) => this.#retryLater(read))
+      .finally(() => {
+        this.#background = null;
+      });
     return this.#background;
   }
 
+  /** Read held-back ranges (only the background ones unless `all`); false: a read failed. */
   async #readAllHeldBack(all) {
-    while (this.#deferred.some((range) => all || range.background)) {
+    if (all) await this.#fetching; // a catch-up under way adds ranges
+    while (!this.#closed && this.#deferred.some((range) => all || range.background)) {
       this.#reading ??= this.#readDeferred(all).finally(() => {
         this.#reading = null;
       });
-      if (!(await this.#reading)) return;
+      if (!(await this.#reading)) return false;
     }
+    return true;
+  }
+
+  /** After a failed background read, ask the page to draw (and so read) again, later. */
+  #retryLater(read) {
+    if (read) {
+      this.#retryMs = RETRY_MIN_MS;
+      return;
+    }
+    this.#retryAt = Date.now() + this.#retryMs;
+    setTimeout(() => this.#onHeldBack(), this.#retryMs);
+    this.#retryMs = Math.min(2 * this.#retryMs, RETRY_MAX_MS);
   }
 
   /**
@@ -120,8 +152,9 @@ export class RunFeed {
     this.#connection.send(control("subscribe", data));
   }
 
-  /** Stop receiving this run. */
+  /** Stop receiving this run (for good: the page shows another). */
   unsubscribe() {
+    this.#closed = true; // held-back reads stop after their page under way
     this.#attempt += 1; // a catch-up under way stops before it subscribes
     this.#connection.send(control("unsubscribe", { run_id: this.model.runId }));
   }
@@ -134,7 +167,7 @@ export class RunFeed {
       model.apply(message); // a relay that does not number messages: nothing to order by
       return;
     }
-    if (seq <= model.lastSeq || this.#waiting.has(seq)) return;
+    if (seq <= Math.max(model.lastSeq, this.#covered) || this.#waiting.has(seq)) return;
     this.#waiting.set(seq, message);
     this.#applyInOrder();
     // A hole in the live stream (e.g. the relay dropped us for a moment): fetch it.
@@ -164,16 +197,20 @@ export class RunFeed {
    */
   async #fetchStored() {
     const model = this.model;
-    const since = model.lastSeq;
     try {
-      const read = await this.#read(`since=${since}&exclude=${LISTS},${REPORTS}`);
+      // Seqs held are of the database whose epoch the feed knows; another one's must not mix.
+      const epoch = model.lastSeq > 0 ? await this.#epoch() : null;
+      const read = await this.#read(`since=${model.lastSeq}&exclude=${LISTS},${REPORTS}`);
       if (!read) return true; // 404: nothing stored yet (the subscribe replays the rest)
-      // The read holds every message up to through_seq but the held-back ones: a live
-      // message in that range that came ahead of it is in the read, or held back.
+      if (epoch && read.epoch !== epoch) return false; // the replay says so (recovered: false)
+      // The read holds every message up to through_seq but the held-back ones: those come
+      // from the reads below, never from the link, so a live message in that range is
+      // dropped (it is in the read, or held back).
+      const since = model.lastSeq;
       const through = read.through_seq;
+      this.#covered = Math.max(this.#covered, through);
       for (const seq of this.#waiting.keys()) if (seq <= through) this.#waiting.delete(seq);
-      read.messages.forEach((message) => model.apply(message));
-      model.skipTo(through);
+      read.messages.filter((m) => m.seq > since).forEach((message) => model.apply(message));
       if (model.keepClients && through > since) {
         // Reports before the latest round_end are of ended rounds: the page drops them.
         const current = Math.max(since, model.endSeq);
@@ -181,12 +218,14 @@ export class RunFeed {
         if (current > since) {
           this.#deferred.push({ since, until: current, types: REPORTS, background: false });
         }
-        // A finished run shows no round under way: its last reports wait for a download.
+        // A run that ended shows no round under way: its last reports wait for a download.
+        // Read before anything later is applied: a client's reports must come in order.
         const range = { since: current, until: through, types: REPORTS, background: false };
-        if (current < through && (model.isFinished || !(await this.#readRange(range)))) {
+        if (current < through && (model.trainingEnd || !(await this.#readRange(range)))) {
           this.#deferred.push(range);
         }
       }
+      model.skipTo(through);
       return true;
     } catch (error) {
       console.warn(`fl-stream: could not fetch ${model.runId} (${error.message})`);
@@ -211,6 +250,7 @@ export class RunFeed {
    */
   async #readRange(range) {
     for (;;) {
+      if (this.#closed) return false;
       let page;
       try {
         const { since, until, types } = range;
@@ -220,8 +260,9 @@ export class RunFeed {
         return false;
       }
       if (!page) return false; // the run is gone (another database): the page shows it anew
+      if (this.#closed) return false;
       this.model.applyEarlier(page.messages);
-      this.#onDetails();
+      this.#onHeldBack();
       if (!page.more) return true;
       range.since = page.through_seq;
     }
