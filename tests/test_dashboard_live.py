@@ -188,6 +188,7 @@ def test_a_stored_run_reads_only_the_progress_of_the_round_under_way(
     assert report_reads and all(f"since={end_seq}&" in url for url in report_reads)
     assert list(_rows(dashboard)) == ["0", "1"]
     assert all("batch 5/20" in row["cells"][3] for row in _rows(dashboard).values())
+    assert dashboard.text("#message-count") == str(len(stored))  # the unread ones count too
     dashboard.page.click('button[data-curves="0"]')
     dashboard.wait(
         "() => document.querySelector('.client-curves[data-client=\"0\"]').data?.length === 1",

@@ -42,7 +42,7 @@ class Dashboard {
   #compared = null; // run ids of the compare view, or null: the run view
   #opened = false; // the link opened once already (a later open is a reconnect)
   #plotted = false; // Plotly has loaded
-  #summarised = -1; // messageCount the summary shows
+  #summarised = ""; // the messageCount and lastSeq the summary shows
   #retryAt = null;
 
   constructor() {
@@ -265,7 +265,7 @@ class Dashboard {
     const model = new RunModel(runId);
     this.#model = runId === null ? null : model;
     this.#follow(this.#model ? [model] : []);
-    this.#summarised = -1;
+    this.#summarised = "";
     this.charts.setSource(runSource(model));
     this.clients.show(this.#model);
     this.progress.show(this.#model);
@@ -372,8 +372,9 @@ class Dashboard {
     }
     const model = this.#model;
     if (!model) return;
-    if (model.messageCount !== this.#summarised) {
-      this.#summarised = model.messageCount;
+    const shown = `${model.messageCount}|${model.lastSeq}`;
+    if (shown !== this.#summarised) {
+      this.#summarised = shown;
       view.showSummary(model);
       view.showBanners(model);
     }

@@ -60,7 +60,9 @@ export function showSummary(model, now = Date.now()) {
   const status = $("status");
   status.textContent = statusLabel(model.status);
   status.dataset.status = model.status;
-  $("message-count").textContent = String(model.messageCount);
+  // The run's messages so far: its seqs count them (1, 2, 3, ...), including those the page
+  // has not read (the progress reports of ended rounds, read only for a download).
+  $("message-count").textContent = String(Math.max(model.lastSeq, model.messageCount));
 
   const unit = model.stepUnit;
   const progress = $("progress");
