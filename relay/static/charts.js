@@ -3,9 +3,9 @@
 //
 // Only charts that can be seen are drawn: a chart in a folded group, filtered out, or
 // scrolled far out of the window costs no Plotly work until it is shown (with 30 metrics,
-// a live round redraws the few charts on screen, not all 30). The grid draws one chart per step (see FrameLoop), the
-// first in page order that needs it, so a frame never draws more than its budget allows and
-// the first charts are current first.
+// a live round redraws the few charts on screen, not all 30). The grid draws one chart per
+// step (see FrameLoop), the first in page order that needs it, so a frame never draws more
+// than its budget allows and the first charts are current first.
 
 import { LineChart } from "./chart.js";
 import { swatch } from "./dom.js";
@@ -209,7 +209,7 @@ export class ChartGrid {
     return !figure.hidden && !group.hidden && group.open && this.#near.has(figure);
   }
 
-  /** Whether every chart is known to be near the window or not (see `settled` users). */
+  /** Whether the observer has placed every chart (near the window or not) since it was added. */
   get settled() {
     return this.#unplaced.size === 0;
   }

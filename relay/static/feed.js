@@ -237,8 +237,7 @@ export class RunFeed {
 
   /** Read the first held-back range (a background one unless `all`); false: it failed. */
   async #readDeferred(all) {
-    const index = this.#deferred.findIndex((range) => all || range.background);
-    const range = this.#deferred[index];
+    const range = this.#deferred.find((held) => all || held.background);
     const done = await this.#readRange(range);
     if (done) this.#deferred.splice(this.#deferred.indexOf(range), 1);
     return done;
@@ -251,12 +250,15 @@ export class RunFeed {
   async #readRange(range) {
     for (;;) {
       if (this.#closed) return false;
+      const { since, until, types } = range;
       let page;
       try {
-        const { since, until, types } = range;
-        page = await this.#read(`since=${since}&until=${until}&types=${types}&max_bytes=${PAGE_BYTES}`);
+        page = await this.#read(
+          `since=${since}&until=${until}&types=${types}&max_bytes=${PAGE_BYTES}`,
+        );
       } catch (error) {
-        console.warn(`fl-stream: could not fetch ${this.model.runId}'s ${range.types} (${error.message})`);
+        const runId = this.model.runId;
+        console.warn(`fl-stream: could not fetch ${runId}'s ${types} (${error.message})`);
         return false;
       }
       if (!page) return false; // the run is gone (another database): the page shows it anew
